@@ -1,0 +1,422 @@
+"""Typed experiment configuration, loaded from YAML and validated.
+
+A config file only lists what it overrides; everything else comes from the dataclass
+defaults, which *are* the frozen default regime of SPEC.md. Every validation failure raises
+`ConfigError` with one line that names the offending key (e.g. ``training.batch_size``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
+
+# homeostasis_time_step is fixed per slot (seed instructions); a slot config may not change it.
+SLOT_TIME_STEPS = {0: 4, 1: 16, 2: 32, 3: 64}
+
+DEFAULT_REGIME = "default"
+
+
+class ConfigError(ValueError):
+    """A config is malformed or forbidden; the message is one line naming the key."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class SimulationConfig:
+    """The synthetic metabolic network and its ground-truth dynamics."""
+
+    n_metabolites: int = 100
+    n_metabolite_types: int = 2
+    n_reactions: int = 256
+    cycle_length: int = 3
+    max_metabolites_per_reaction: int = 4
+    log10_k_range: list[float] = field(default_factory=lambda: [-2.0, -1.0])
+    initial_concentration_range: list[float] = field(default_factory=lambda: [1.0, 9.0])
+    lambda_per_type: list[float] = field(default_factory=lambda: [0.001, 0.002])
+    baseline_per_type: list[float] = field(default_factory=lambda: [4.0, 6.0])
+    delta_t: float = 0.1
+    n_frames: int = 2880
+    seed: int = 42
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the learned model (MLP_sub, MLP_node, embeddings a_i)."""
+
+    embedding_dim: int = 2
+    hidden_dim_sub: int = 64
+    n_layers_sub: int = 3
+    hidden_dim_node: int = 64
+    n_layers_node: int = 3
+    embedding_init_std: float = 0.01
+
+
+@dataclass
+class Phase1Config:
+    """Phase 1: learn log10 k and MLP_sub from dc/dt with S given."""
+
+    learning_rate_k: float = 1e-2
+    learning_rate_sub: float = 1e-3
+    n_steps: int = 6000
+    batch_size: int = 256
+    seed: int = 0
+
+
+@dataclass
+class ResidualSupervision:
+    """Strategy 1: supervise MLP_node with (true dc/dt - reaction prediction)."""
+
+    enabled: bool = False
+    weight: float = 1.0
+
+
+@dataclass
+class Amplification:
+    """Strategy 2: multiply MLP_node's output by `factor`, annealed to 1 over training."""
+
+    enabled: bool = False
+    factor: float = 50.0
+    anneal_start: float = 0.3
+    anneal_end: float = 0.8
+
+
+@dataclass
+class Contrastive:
+    """Strategy 3: pull/push embeddings by similarity of their learned MLP_node responses."""
+
+    enabled: bool = False
+    weight: float = 0.1
+    n_grid: int = 16
+    temperature: float = 0.1
+
+
+@dataclass
+class Curriculum:
+    """Strategy 4: long rollouts first, then shorter; optional late-step loss weighting."""
+
+    enabled: bool = False
+    final_fraction: float = 0.5
+    switch_at: float = 0.5
+    late_step_weighting: bool = False
+
+
+@dataclass
+class LRSchedule:
+    """Strategy 5: warmup then cosine decay of both learning rates."""
+
+    enabled: bool = False
+    warmup_fraction: float = 0.1
+    peak_factor: float = 10.0
+    min_factor: float = 0.1
+
+
+@dataclass
+class MultiScale:
+    """Strategy 6: draw the rollout length per batch from fractions of the slot's length."""
+
+    enabled: bool = False
+    fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
+
+
+@dataclass
+class GradientAccumulation:
+    """Strategy 7: average gradients over several mini-batches per optimizer step."""
+
+    enabled: bool = False
+    steps: int = 4
+
+
+@dataclass
+class GradientIsolation:
+    """Strategy 8: stop-gradient through the reaction term so only MLP_node carries the error."""
+
+    enabled: bool = False
+
+
+@dataclass
+class StrategiesConfig:
+    residual_supervision: ResidualSupervision = field(default_factory=ResidualSupervision)
+    amplification: Amplification = field(default_factory=Amplification)
+    contrastive: Contrastive = field(default_factory=Contrastive)
+    curriculum: Curriculum = field(default_factory=Curriculum)
+    lr_schedule: LRSchedule = field(default_factory=LRSchedule)
+    multiscale: MultiScale = field(default_factory=MultiScale)
+    gradient_accumulation: GradientAccumulation = field(default_factory=GradientAccumulation)
+    gradient_isolation: GradientIsolation = field(default_factory=GradientIsolation)
+
+    def enabled_names(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name).enabled]
+
+    def label(self) -> str:
+        """Short name of the strategy combination, e.g. 'residual_supervision+contrastive'."""
+        names = self.enabled_names()
+        return "+".join(names) if names else "baseline"
+
+
+@dataclass
+class TrainingConfig:
+    """Phase 2: learn MLP_node and embeddings through Euler rollouts (Phase 1 frozen)."""
+
+    learning_rate_node_homeostasis: float = 1e-2
+    learning_rate_embedding_homeostasis: float = 1e-3
+    data_augmentation_loop: int = 1000
+    batch_size: int = 8
+    homeostasis_time_step: int = 64
+    freeze_stoichiometry: bool = True
+    skip_phase1: bool = True
+    homeostasis_training: bool = True
+    seed: int = 0
+    log_every: int = 50
+    plot_every: int = 0
+    strategies: StrategiesConfig = field(default_factory=StrategiesConfig)
+
+
+@dataclass
+class EvaluationConfig:
+    """Metric definitions; fixed so runs stay comparable."""
+
+    cluster_distance_threshold: float = 0.1
+    dbscan_min_samples: int = 5
+    n_sweep_points: int = 50
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = "phase2_homeostasis"
+    run_name: str = ""
+
+
+@dataclass
+class Config:
+    regime: str = DEFAULT_REGIME
+    slot: int | None = None
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    phase1: Phase1Config = field(default_factory=Phase1Config)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    source: str = field(default="", metadata={"internal": True})
+
+    # ------------------------------------------------------------------ derived views
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source", None)
+        return d
+
+    def flat(self) -> dict[str, Any]:
+        """Every key as 'section.key' -> value (what MLflow logs as params)."""
+        return flatten(self.to_dict())
+
+    def hash_of(self, *sections: str) -> str:
+        """Stable short hash of some sections; keys the dataset / checkpoint caches."""
+        payload = {s: self.to_dict()[s] for s in sections}
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads '1e-2' as a string
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix or "config"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            raise ConfigError(f"{full}: unknown key (allowed: {', '.join(fields)})")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _check_ranges(cfg: Config) -> None:
+    sim, tr = cfg.simulation, cfg.training
+
+    def need(cond: bool, key: str, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"{key}: {msg}")
+
+    need(sim.n_metabolites >= 2, "simulation.n_metabolites", "must be >= 2")
+    need(sim.n_metabolite_types >= 1, "simulation.n_metabolite_types", "must be >= 1")
+    need(sim.n_metabolite_types <= sim.n_metabolites, "simulation.n_metabolite_types",
+         "cannot exceed n_metabolites")
+    need(sim.n_reactions >= 1, "simulation.n_reactions", "must be >= 1")
+    need(sim.cycle_length >= 2, "simulation.cycle_length", "must be >= 2")
+    need(sim.cycle_length <= sim.n_metabolites, "simulation.cycle_length",
+         "cannot exceed n_metabolites")
+    need(sim.max_metabolites_per_reaction >= 2, "simulation.max_metabolites_per_reaction",
+         "must be >= 2")
+    for key in ("log10_k_range", "initial_concentration_range"):
+        lo_hi = getattr(sim, key)
+        need(len(lo_hi) == 2 and lo_hi[0] <= lo_hi[1], f"simulation.{key}",
+             "must be [low, high] with low <= high")
+    for key in ("lambda_per_type", "baseline_per_type"):
+        need(len(getattr(sim, key)) == sim.n_metabolite_types, f"simulation.{key}",
+             f"needs one value per type ({sim.n_metabolite_types})")
+    need(sim.delta_t > 0, "simulation.delta_t", "must be > 0")
+    need(sim.n_frames >= 2, "simulation.n_frames", "must be >= 2")
+    need(tr.batch_size >= 1, "training.batch_size", "must be >= 1")
+    need(tr.homeostasis_time_step >= 1, "training.homeostasis_time_step", "must be >= 1")
+    need(tr.homeostasis_time_step < sim.n_frames, "training.homeostasis_time_step",
+         "must be shorter than simulation.n_frames")
+    need(tr.data_augmentation_loop >= 1, "training.data_augmentation_loop", "must be >= 1")
+    for key in ("learning_rate_node_homeostasis", "learning_rate_embedding_homeostasis"):
+        need(getattr(tr, key) > 0, f"training.{key}", "must be > 0")
+    need(cfg.phase1.n_steps >= 1, "phase1.n_steps", "must be >= 1")
+    need(cfg.model.embedding_dim >= 1, "model.embedding_dim", "must be >= 1")
+    need(cfg.model.n_layers_node >= 2, "model.n_layers_node", "must be >= 2")
+    need(cfg.model.n_layers_sub >= 2, "model.n_layers_sub", "must be >= 2")
+    need(tr.strategies.gradient_accumulation.steps >= 1,
+         "training.strategies.gradient_accumulation.steps", "must be >= 1")
+    fr = tr.strategies.multiscale.fractions
+    need(len(fr) >= 1 and all(0 < f <= 1 for f in fr), "training.strategies.multiscale.fractions",
+         "must be a non-empty list of fractions in (0, 1]")
+
+
+def _check_phase2_rules(cfg: Config) -> None:
+    """The Phase 2 contract of the seed: fixed slot time steps, frozen regime and Phase 1."""
+    tr = cfg.training
+    if cfg.slot is not None:
+        if cfg.slot not in SLOT_TIME_STEPS:
+            raise ConfigError(f"slot: must be one of {sorted(SLOT_TIME_STEPS)}, got {cfg.slot}")
+        fixed = SLOT_TIME_STEPS[cfg.slot]
+        if tr.homeostasis_time_step != fixed:
+            raise ConfigError(
+                f"training.homeostasis_time_step: fixed at {fixed} for slot {cfg.slot}, "
+                f"got {tr.homeostasis_time_step} (do not change it)")
+    for flag in ("freeze_stoichiometry", "skip_phase1", "homeostasis_training"):
+        if not getattr(tr, flag):
+            raise ConfigError(f"training.{flag}: must be true in every Phase 2 config")
+    if cfg.regime == DEFAULT_REGIME:
+        for section, default in (("simulation", SimulationConfig()), ("phase1", Phase1Config()),
+                                 ("model", ModelConfig())):
+            current = getattr(cfg, section)
+            for f in dataclasses.fields(default):
+                if getattr(current, f.name) != getattr(default, f.name):
+                    raise ConfigError(
+                        f"{section}.{f.name}: frozen in the default regime "
+                        f"({getattr(default, f.name)!r}, got {getattr(current, f.name)!r}); "
+                        "declare another `regime:` name to study a different one")
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
+    cfg = _build(Config, data, "")
+    cfg.source = source
+    _check_ranges(cfg)
+    _check_phase2_rules(cfg)
+    return cfg
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A path that exists is used as is; a bare name is looked up in experiments/configs/."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for candidate in (CONFIG_DIR / p.name, CONFIG_DIR / f"{p.name}.yaml"):
+        if candidate.is_file() and p.parent == Path("."):
+            return candidate
+    raise ConfigError(f"{name_or_path}: config file not found (looked here and in {CONFIG_DIR})")
+
+
+def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    path = resolve_config_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" line {line + 1}" if line is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value)
+    return config_from_dict(data, source=str(path))
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set 'training.batch_size' style keys in a nested dict (used by overrides/mutations)."""
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'training.batch_size=4' -> ('training.batch_size', 4), values parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"{text}: override must look like section.key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
