@@ -55,7 +55,7 @@ class ModelConfig:
     """Sizes of the learned model (MLP_sub, MLP_node, embeddings a_i)."""
 
     embedding_dim: int = 2
-    hidden_dim_sub: int = 64
+    hidden_dim_sub: int = 32
     n_layers_sub: int = 3
     hidden_dim_node: int = 64
     n_layers_node: int = 3
@@ -64,12 +64,16 @@ class ModelConfig:
 
 @dataclass
 class Phase1Config:
-    """Phase 1: learn log10 k and MLP_sub from dc/dt with S given."""
+    """Phase 1: learn MLP_sub (Adam) and log10 k (least squares) from dc/dt with S given."""
 
-    learning_rate_k: float = 1e-2
-    learning_rate_sub: float = 1e-3
-    n_steps: int = 6000
+    learning_rate_sub: float = 1e-2
+    n_steps: int = 400
     batch_size: int = 256
+    drift_correction: bool = True
+    relative_weight_floor: float = 1.0
+    drift_warmup_fraction: float = 0.3
+    n_restarts: int = 4
+    restart_trial_steps: int = 40
     seed: int = 0
 
 

@@ -1,0 +1,26 @@
+"""One Phase 2 run: builds the dataset and Phase 1 checkpoint if missing, trains MLP_node and
+the embeddings, writes analysis.log + plots + checkpoint, and logs everything to MLflow.
+
+    python experiments/phase2.py --config slot3.yaml
+    python experiments/phase2.py --config slot0 -o training.data_augmentation_loop=2000
+    python experiments/phase2.py --quick          # tiny regime, whole pipeline in seconds
+"""
+
+import argparse
+
+from metabolism.cli import add_config_args, config_from_args, run_main
+from metabolism.experiment import run_phase2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    args = parser.parse_args()
+    cfg = config_from_args(args)
+    run_phase2(cfg, runs_root=args.runs_root, data_root=args.data_root,
+               progress=not args.no_progress)
+
+
+if __name__ == "__main__":
+    run_main(main)

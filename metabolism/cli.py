@@ -1,0 +1,65 @@
+"""Shared command-line plumbing for experiments/*.py: config flags and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from metabolism.config import Config, ConfigError, load_config, parse_override
+
+# A tiny regime for smoke tests and `--quick`: every stage runs, in seconds.
+QUICK_OVERRIDES = {
+    "regime": "quick",
+    "simulation.n_metabolites": 20,
+    "simulation.n_reactions": 40,
+    "simulation.n_frames": 300,
+    "model.hidden_dim_sub": 16,
+    "model.hidden_dim_node": 16,
+    "phase1.n_steps": 60,
+    "phase1.n_restarts": 2,
+    "phase1.restart_trial_steps": 10,
+    "phase1.batch_size": 64,
+    "training.data_augmentation_loop": 12,
+    "training.batch_size": 4,
+}
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="slot3.yaml",
+                   help="YAML path, or a bare name looked up in experiments/configs/")
+    p.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. training.batch_size=4 (repeatable)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny regime and a few updates: checks the whole pipeline in seconds")
+    p.add_argument("--data-root", type=Path, default=Path("data"))
+    p.add_argument("--runs-root", type=Path, default=Path("runs"))
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides: dict = {}
+    if args.quick:  # keep the file's training section, shrink everything else
+        base = load_config(args.config, {"regime": "quick"})
+        overrides.update(QUICK_OVERRIDES)
+        overrides["slot"] = None  # the slot's fixed time step is kept, capped for 300 frames
+        overrides["training.homeostasis_time_step"] = min(base.training.homeostasis_time_step, 16)
+    for text in args.override:
+        key, value = parse_override(text)
+        overrides[key] = value
+    return load_config(args.config, overrides)
+
+
+def run_main(fn) -> None:
+    """Run fn(); turn expected failures into one line on stderr and a non-zero exit."""
+    try:
+        fn()
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (FileNotFoundError, FloatingPointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

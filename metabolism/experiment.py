@@ -1,0 +1,244 @@
+"""One experiment end to end: dataset -> Phase 1 checkpoint (cached) -> Phase 2 -> metrics,
+plots, analysis.log, MLflow. The only module that holds both training data and ground truth;
+it hands the trainers TrainingData alone and keeps GroundTruth for evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities import Metric
+
+from metabolism import plots, tracking
+from metabolism.config import Config
+from metabolism.data import (TrainingData, dataset_dir, ensure_dataset, load_ground_truth,
+                             load_training_data)
+from metabolism.metrics import corrected_log10_k, evaluate, node_fn_of, rate_constants_r2
+from metabolism.model import MetabolismModel
+from metabolism.network import GroundTruth
+from metabolism.phase1 import train_phase1
+from metabolism.phase2 import train_phase2
+
+
+@dataclass
+class RunResult:
+    status: str
+    metrics: dict[str, float]
+    run_dir: Path
+    mlflow_run_id: str
+    plots: dict[str, Path] = field(default_factory=dict)
+
+
+def _say(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, flush=True)
+
+
+# ----------------------------------------------------------------------------- Phase 1
+
+
+def phase1_checkpoint_path(cfg: Config, data_root: Path) -> Path:
+    key = cfg.hash_of("simulation", "model", "phase1")
+    return dataset_dir(cfg, data_root) / f"phase1-{key}.pt"
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+def new_model(data: TrainingData, cfg: Config) -> MetabolismModel:
+    """A fresh model; the input scale is the mean training concentration (data-derived)."""
+    return MetabolismModel(data.stoich, cfg.model, float(data.concentrations.mean()))
+
+
+def ensure_phase1(cfg: Config, data_root: Path, progress: bool = True,
+                  quiet: bool = False) -> tuple[Path, dict]:
+    """Build the dataset and the Phase 1 checkpoint if missing; return (path, info)."""
+    folder = ensure_dataset(cfg, data_root)
+    path = phase1_checkpoint_path(cfg, data_root)
+    info_path = path.with_suffix(".json")
+    if path.is_file() and info_path.is_file():
+        return path, json.loads(info_path.read_text())
+    _say(f"building Phase 1 checkpoint {path}", quiet)
+    data, truth = load_training_data(folder), load_ground_truth(folder)
+    torch.manual_seed(cfg.phase1.seed)
+    model = new_model(data, cfg)
+    res = train_phase1(model, data, cfg.phase1, progress=progress)
+    r2 = rate_constants_r2(model.log10_k.detach().double().numpy(), data.stoich,
+                           model.sub_scale(), truth)
+    info = {"rate_constants_R2": r2, "seconds": res.seconds, "final_loss": res.losses[-1],
+            "n_steps": cfg.phase1.n_steps}
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state_dict": model.state_dict(), "info": info}, tmp)
+    os.replace(tmp, path)
+    info_path.write_text(json.dumps(info, indent=2))
+    _say(f"phase 1: rate_constants_R2 = {r2:.4f} in {res.seconds:.0f} s", quiet)
+    return path, info
+
+
+def load_phase1_model(path: Path, data: TrainingData, cfg: Config) -> MetabolismModel:
+    """A model with Phase 1's tensors from the checkpoint and fresh MLP_node / embeddings."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: Phase 1 checkpoint missing")
+    torch.manual_seed(cfg.training.seed)
+    model = new_model(data, cfg)
+    state = torch.load(path, map_location="cpu")["state_dict"]
+    keep = {k: v for k, v in state.items() if not k.startswith(MetabolismModel.PHASE2_PREFIXES)}
+    missing, unexpected = model.load_state_dict(keep, strict=False)
+    bad = [m for m in missing if not m.startswith(MetabolismModel.PHASE2_PREFIXES)]
+    if bad or unexpected:
+        raise ValueError(f"{path}: checkpoint does not match the model (missing {bad}, "
+                         f"unexpected {unexpected})")
+    return model
+
+
+# ----------------------------------------------------------------------------- Phase 2
+
+
+class _Evaluator:
+    """Periodic evaluation during training: metrics to MLflow, plots to tmp_training/.
+
+    Holds the ground truth; the trainer only calls it and never sees what it computes.
+    """
+
+    def __init__(self, run_dir: Path, data: TrainingData, truth: GroundTruth, cfg: Config,
+                 client, run_id: str):
+        self.run_dir, self.data, self.truth, self.cfg = run_dir, data, truth, cfg
+        self.client, self.run_id = client, run_id
+        self.plots: dict[str, Path] = {}
+        self.metrics: dict[str, float] = {}
+        self.sweep = None
+
+    def __call__(self, step: int, model) -> None:
+        metrics, sweep = evaluate(model, self.data.concentrations, self.data.stoich, self.truth,
+                                  self.cfg.evaluation)
+        self.metrics, self.sweep = metrics, sweep
+        tracking.log_metrics_finite(metrics, step=step)
+        tmp = self.run_dir / "tmp_training"
+        self.plots["mlp_node"] = plots.plot_mlp_node(
+            node_fn_of(model), sweep, self.truth,
+            tmp / "function" / "rate_func" / f"MLP_node_p2_{step}.png")
+        corrected = corrected_log10_k(model.log10_k.detach().double().numpy(),
+                                      self.data.stoich.n_substrates, model.sub_scale())
+        self.plots["rate_constants"] = plots.plot_rate_constants(
+            self.truth.log10_k, corrected, metrics["rate_constants_R2"],
+            tmp / "rate_constants" / f"comparison_p2_{step}.png")
+        self.plots["embedding"] = plots.plot_embeddings(
+            model.embeddings.detach().double().numpy(), self.truth.types,
+            metrics["embedding_cluster_acc"], tmp / "embedding" / f"embedding_p2_{step}.png")
+
+
+def _log_loss_curve(client, run_id: str, name: str, losses: list[float], start: int) -> None:
+    """Per-update losses in batches of 1000 (one MLflow call each, not one per step)."""
+    ts = int(time.time() * 1000)
+    ms = [Metric(name, float(v), ts, start + i) for i, v in enumerate(losses[start:])
+          if np.isfinite(v)]
+    for i in range(0, len(ms), 1000):
+        client.log_batch(run_id, metrics=ms[i:i + 1000])
+
+
+def write_analysis_log(path: Path, metrics: dict[str, float], header: dict[str, str]) -> None:
+    lines = [f"# {k}: {v}" for k, v in header.items()]
+    lines += [f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}" for k, v in metrics.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def read_analysis_log(path: Path) -> dict[str, float]:
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        m = re.match(r"^([A-Za-z_][\w]*): (\S+)$", line)
+        if m:
+            try:
+                out[m.group(1)] = float(m.group(2))
+            except ValueError:
+                pass
+    return out
+
+
+def default_run_name(cfg: Config) -> str:
+    slot = f"slot{cfg.slot}" if cfg.slot is not None else "adhoc"
+    return f"{slot}-T{cfg.training.homeostasis_time_step}-{cfg.training.strategies.label()}" \
+           f"-s{cfg.training.seed}"
+
+
+def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path = Path("data"),
+               parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None,
+               progress: bool = True, quiet: bool = False) -> RunResult:
+    """One Phase 2 experiment, tracked in MLflow; raises (run marked FAILED) on failure."""
+    runs_root, data_root = Path(runs_root), Path(data_root)
+    ckpt, p1_info = ensure_phase1(cfg, data_root, progress=progress, quiet=quiet)
+    folder = dataset_dir(cfg, data_root)
+    data, truth = load_training_data(folder), load_ground_truth(folder)
+
+    run_name = cfg.tracking.run_name or default_run_name(cfg)
+    run_dir = runs_root / cfg.tracking.experiment / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    suffix = 0
+    while run_dir.exists():
+        suffix += 1
+        run_dir = run_dir.with_name(f"{run_dir.name.split('~')[0]}~{suffix}")
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    tr = cfg.training
+    tags = {"slot": str(cfg.slot), "time_step": str(tr.homeostasis_time_step),
+            "strategy": tr.strategies.label(), "phase1_checkpoint": file_hash(ckpt),
+            "phase1_rate_constants_R2": f"{p1_info['rate_constants_R2']:.4f}",
+            "git_commit": tracking.git_commit(), "regime": cfg.regime,
+            "config_source": cfg.source, **(extra_tags or {})}
+
+    with tracking.tracked_run(cfg.tracking.experiment, run_name, tags, parent_run_id) as run:
+        run_id = run.info.run_id
+        client = mlflow.tracking.MlflowClient()
+        _say(f"run folder: {run_dir}\nMLflow run: {run_id} (experiment "
+             f"'{cfg.tracking.experiment}', store {tracking.tracking_uri()})", quiet)
+        tracking.log_params_flat(cfg.flat())
+        model = load_phase1_model(ckpt, data, cfg)
+        evaluator = _Evaluator(run_dir, data, truth, cfg, client, run_id)
+        eval_every = tr.plot_every or max(1, tr.data_augmentation_loop // 4)
+        result = None
+        try:
+            result = train_phase2(model, data, tr, on_eval=lambda s, m: evaluator(s, m),
+                                  eval_every=eval_every, progress=progress)
+        finally:  # keep what was recorded, even when training failed
+            losses = result.losses if result else []
+            if losses:
+                _log_loss_curve(client, run_id, "phase2_train_loss", losses, 0)
+                evaluator.plots["loss"] = plots.plot_loss(losses, run_dir / "tmp_training" / "loss.png")
+            if result is None and (run_dir / "tmp_training").exists():
+                mlflow.log_artifacts(str(run_dir / "tmp_training"), "tmp_training")
+        metrics = {"phase2_loss": result.final_loss, **evaluator.metrics}
+        header = {"run": run_name, "slot": str(cfg.slot),
+                  "time_step": str(tr.homeostasis_time_step), "strategy": tr.strategies.label(),
+                  "phase1_checkpoint": f"{ckpt} ({file_hash(ckpt)})",
+                  "sweep_range": "per metabolite, its observed [min, max] in the training "
+                                 f"data; median low {np.median(evaluator.sweep.low):.3g}, "
+                                 f"median high {np.median(evaluator.sweep.high):.3g}, "
+                                 f"{cfg.evaluation.n_sweep_points} points",
+                  "dbscan": f"eps={cfg.evaluation.cluster_distance_threshold}, "
+                            f"min_samples={cfg.evaluation.dbscan_min_samples}",
+                  "training_seconds": f"{result.seconds:.1f}"}
+        write_analysis_log(run_dir / "analysis.log", metrics, header)
+        tracking.log_metrics_finite({"phase2_loss": result.final_loss},
+                                    step=tr.data_augmentation_loop)
+        tracking.log_metrics_finite(metrics)
+        torch.save({"state_dict": model.state_dict(), "config": cfg.to_dict(),
+                    "phase1_checkpoint": str(ckpt)}, run_dir / "phase2_checkpoint.pt")
+        mlflow.log_artifact(str(run_dir / "analysis.log"))
+        mlflow.log_artifact(str(run_dir / "config.yaml"))
+        mlflow.log_artifact(str(run_dir / "phase2_checkpoint.pt"))
+        mlflow.log_artifacts(str(run_dir / "tmp_training"), "tmp_training")
+        _say(f"avg_slope_ratio = {metrics['avg_slope_ratio']:.3f}, "
+             f"embedding_cluster_acc = {metrics['embedding_cluster_acc']:.2f}, "
+             f"rate_constants_R2 = {metrics['rate_constants_R2']:.3f}\n"
+             f"analysis.log: {run_dir / 'analysis.log'}\n"
+             f"compare runs: {tracking.ui_command()}", quiet)
+    return RunResult(status="FINISHED", metrics=metrics, run_dir=run_dir, mlflow_run_id=run_id,
+                     plots=dict(evaluator.plots))

@@ -1,0 +1,157 @@
+"""Evaluation metrics of SPEC.md. The only module (with plots) that reads ground truth.
+
+Definitions are fixed here so runs stay comparable: the slope sweep covers each metabolite's
+own observed concentration range in the training data, DBSCAN uses the configured
+threshold (default 0.1) with min_samples 5 and noise as its own cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import DBSCAN
+from sklearn.metrics import silhouette_score
+
+from metabolism.config import EvaluationConfig
+from metabolism.network import GroundTruth, Stoichiometry
+
+
+def classify_slope_ratio(avg_slope_ratio: float) -> str:
+    """The seed's classification: converged / partial / failed."""
+    r = avg_slope_ratio
+    if not np.isfinite(r):
+        return "failed"
+    if 0.8 <= r <= 1.2:
+        return "converged"
+    if 0.3 <= r < 0.8 or 1.2 < r <= 3.0:
+        return "partial"
+    return "failed"
+
+
+# ----------------------------------------------------------------------------- rate constants
+
+
+def corrected_log10_k(learned_log10_k: np.ndarray, n_substrates: np.ndarray,
+                      sub_scale: float) -> np.ndarray:
+    """learned + n_substrates * log10(alpha): undo the k <-> MLP_sub scale degeneracy."""
+    return learned_log10_k + n_substrates * np.log10(max(sub_scale, 1e-30))
+
+
+def r2_linear_fit(x: np.ndarray, y: np.ndarray) -> float:
+    """R^2 of the least-squares line y ~ a x + b."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
+    a, b = np.polyfit(x, y, 1)
+    ss_res = np.sum((y - (a * x + b)) ** 2)
+    ss_tot = np.sum((y - y.mean()) ** 2)
+    return float(1.0 - ss_res / ss_tot)
+
+
+def rate_constants_r2(learned_log10_k: np.ndarray, stoich: Stoichiometry, sub_scale: float,
+                      truth: GroundTruth) -> float:
+    corrected = corrected_log10_k(learned_log10_k, stoich.n_substrates, sub_scale)
+    return r2_linear_fit(truth.log10_k, corrected)
+
+
+# ----------------------------------------------------------------------------- MLP_node slopes
+
+
+@dataclass
+class SweepResult:
+    slopes: np.ndarray  # (N,) per-metabolite fitted slope
+    offsets: np.ndarray  # (N,)
+    low: np.ndarray  # (N,) sweep range
+    high: np.ndarray
+
+
+def sweep_node(node_fn, c_low: np.ndarray, c_high: np.ndarray, n_points: int) -> SweepResult:
+    """Fit y = a c + b to MLP_node(c, a_i) over n_points in [c_low_i, c_high_i] per metabolite.
+
+    node_fn maps a (P, N) concentration grid to the (P, N) MLP_node outputs.
+    """
+    t = np.linspace(0.0, 1.0, n_points)[:, None]
+    grid = c_low[None, :] + t * (c_high - c_low)[None, :]  # (P, N)
+    y = np.asarray(node_fn(grid), dtype=float)
+    gc = grid - grid.mean(0)
+    var = (gc ** 2).sum(0)
+    slopes = np.where(var > 0, (gc * (y - y.mean(0))).sum(0) / np.where(var > 0, var, 1), 0.0)
+    offsets = y.mean(0) - slopes * grid.mean(0)
+    return SweepResult(slopes=slopes, offsets=offsets, low=c_low, high=c_high)
+
+
+def slope_metrics(sweep: SweepResult, truth: GroundTruth) -> dict[str, float]:
+    out: dict[str, float] = {}
+    ratios = []
+    for t in range(len(truth.lambda_per_type)):
+        sel = truth.types == t
+        lam, cb = truth.lambda_per_type[t], truth.baseline_per_type[t]
+        slope, offset = float(sweep.slopes[sel].mean()), float(sweep.offsets[sel].mean())
+        gt_slope, gt_offset = -lam, lam * cb
+        out[f"MLP_node_slope_{t}"] = slope
+        out[f"MLP_node_offset_{t}"] = offset
+        out[f"MLP_node_gt_slope_{t}"] = float(gt_slope)
+        out[f"MLP_node_gt_offset_{t}"] = float(gt_offset)
+        out[f"MLP_node_slope_ratio_{t}"] = slope / gt_slope if gt_slope != 0 else float("nan")
+        out[f"MLP_node_offset_ratio_{t}"] = offset / gt_offset if gt_offset != 0 else float("nan")
+        ratios.append(out[f"MLP_node_slope_ratio_{t}"])
+    out["avg_slope_ratio"] = float(np.mean(ratios))
+    return out
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+def cluster_accuracy(pred: np.ndarray, true: np.ndarray) -> float:
+    """Best one-to-one matching of predicted clusters to true types (Hungarian)."""
+    p_ids, p_inv = np.unique(pred, return_inverse=True)
+    t_ids, t_inv = np.unique(true, return_inverse=True)
+    counts = np.zeros((len(p_ids), len(t_ids)))
+    np.add.at(counts, (p_inv, t_inv), 1)
+    rows, cols = linear_sum_assignment(-counts)
+    return float(counts[rows, cols].sum() / len(true))
+
+
+def embedding_metrics(embeddings: np.ndarray, types: np.ndarray,
+                      cfg: EvaluationConfig) -> dict[str, float]:
+    labels = DBSCAN(eps=cfg.cluster_distance_threshold,
+                    min_samples=cfg.dbscan_min_samples).fit_predict(embeddings)
+    # noise (-1) counts as one cluster of its own for the accuracy
+    n_clusters = len(set(labels) - {-1})
+    n_labels = len(set(labels))
+    sil = 0.0
+    if 2 <= n_labels <= len(labels) - 1:
+        sil = float(silhouette_score(embeddings, labels))
+    return {"embedding_cluster_acc": cluster_accuracy(labels, types),
+            "embedding_n_clusters": float(n_clusters),
+            "embedding_silhouette": sil}
+
+
+# ----------------------------------------------------------------------------- everything
+
+
+def node_fn_of(model) -> callable:
+    """Wrap model.node for numpy grids (P, N) -> (P, N), no gradients."""
+    def fn(grid: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            c = torch.as_tensor(grid, dtype=torch.float32, device=model.S.device)
+            return model.node(c).cpu().double().numpy()
+    return fn
+
+
+def evaluate(model, concentrations: np.ndarray, stoich: Stoichiometry, truth: GroundTruth,
+             cfg: EvaluationConfig) -> tuple[dict[str, float], SweepResult]:
+    """All metrics except phase2_loss (the trainer reports that)."""
+    node_fn = node_fn_of(model)
+    metrics: dict[str, float] = {}
+    metrics["phase2_node_magnitude"] = float(np.abs(node_fn(concentrations)).mean())
+    sweep = sweep_node(node_fn, concentrations.min(0), concentrations.max(0), cfg.n_sweep_points)
+    metrics.update(slope_metrics(sweep, truth))
+    emb = model.embeddings.detach().cpu().double().numpy()
+    metrics.update(embedding_metrics(emb, truth.types, cfg))
+    metrics["rate_constants_R2"] = rate_constants_r2(
+        model.log10_k.detach().cpu().double().numpy(), stoich, model.sub_scale(), truth)
+    return metrics, sweep

@@ -1,0 +1,120 @@
+"""Phase 2: learn MLP_node and the embeddings through Euler rollouts; Phase 1 stays frozen.
+
+Read top to bottom: set-up, then one loop over optimizer updates, each averaging
+`accumulation_steps` mini-batches of rollouts (plus the auxiliary losses the config enables).
+The trainer sees a `TrainingData` (concentrations + stoichiometry): metabolite types are not
+in it, so no strategy can use them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from metabolism import strategies as strat
+from metabolism.config import TrainingConfig
+from metabolism.data import TrainingData
+from metabolism.model import MetabolismModel
+from metabolism.rollout import rollout
+
+
+class DivergenceError(FloatingPointError):
+    """The Phase 2 loss became non-finite."""
+
+
+@dataclass
+class Phase2Result:
+    losses: list[float] = field(default_factory=list)  # total loss per optimizer update
+    rollout_losses: list[float] = field(default_factory=list)
+    final_loss: float = float("nan")  # rollout MSE on a fixed set of start frames
+    seconds: float = 0.0
+
+
+def evaluation_loss(model, conc: torch.Tensor, time_step: int, delta_t: float,
+                    n_starts: int = 64) -> float:
+    """Rollout MSE from evenly spaced start frames: comparable across runs of a slot."""
+    starts = torch.linspace(0, conc.shape[0] - 1 - time_step, n_starts).long()
+    offsets = torch.arange(1, time_step + 1)
+    with torch.no_grad():
+        pred = rollout(model, conc[starts], time_step, delta_t)
+        return float(((pred - conc[starts[:, None] + offsets]) ** 2).mean())
+
+
+def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig, *,
+                 on_eval: Callable[[int, MetabolismModel], None] | None = None,
+                 eval_every: int = 0, progress: bool = True) -> Phase2Result:
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    st = cfg.strategies
+    dt = data.delta_t
+    conc = torch.as_tensor(data.concentrations, dtype=torch.float32)
+    T = cfg.homeostasis_time_step
+
+    model.freeze_phase1()
+    node_params = list(model.mlp_node.parameters())
+    opt = torch.optim.Adam([
+        {"params": node_params, "lr": cfg.learning_rate_node_homeostasis},
+        {"params": [model.embeddings], "lr": cfg.learning_rate_embedding_homeostasis},
+    ])
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    if st.residual_supervision.enabled:
+        res_x, res_y = strat.residual_targets(model, conc, dt)
+    if st.contrastive.enabled:
+        grid = torch.linspace(float(conc.min()), float(conc.max()), st.contrastive.n_grid)
+
+    n_updates = cfg.data_augmentation_loop
+    accum = strat.accumulation_steps(st)
+    result = Phase2Result()
+    start = time.perf_counter()
+    bar = tqdm(range(n_updates), desc=f"phase 2 (T={T})", disable=not progress,
+               mininterval=1.0)
+    for step in bar:
+        frac = step / max(1, n_updates)
+        mult = strat.lr_multiplier(st, frac)
+        for g, lr in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr * mult
+        node_scale = strat.amplification_factor(st, frac)
+
+        total, rollout_total = 0.0, 0.0
+        for _ in range(accum):
+            length = strat.rollout_length(st, T, frac, rng)
+            starts = torch.randint(0, conc.shape[0] - length, (cfg.batch_size,))
+            target = conc[starts[:, None] + torch.arange(1, length + 1)]  # (B, L, N)
+            pred = rollout(model, conc[starts], length, dt, node_scale=node_scale,
+                           reaction_grad=strat.reaction_gradient(st))
+            w = strat.time_weights(st, length)
+            loss_rollout = (((pred - target) ** 2).mean((0, 2)) * w).mean()
+            loss = loss_rollout
+            if st.residual_supervision.enabled:
+                idx = torch.randint(0, res_x.shape[0], (cfg.batch_size * T,))
+                loss = loss + st.residual_supervision.weight * strat.residual_loss(
+                    model, res_x[idx], res_y[idx])
+            if st.contrastive.enabled:
+                loss = loss + st.contrastive.weight * strat.contrastive_loss(model, grid, st)
+            (loss / accum).backward()
+            total += loss.item() / accum
+            rollout_total += loss_rollout.item() / accum
+
+        if not (torch.isfinite(torch.tensor(total))):
+            raise DivergenceError(f"phase 2 diverged at update {step} (loss={total}); "
+                                  f"last finite loss {result.losses[-1] if result.losses else 'none'}")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        result.losses.append(total)
+        result.rollout_losses.append(rollout_total)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{total:.3e}")
+        if on_eval is not None and eval_every and (step + 1) % eval_every == 0 \
+                and step + 1 < n_updates:
+            on_eval(step + 1, model)
+
+    result.final_loss = evaluation_loss(model, conc, T, dt)
+    result.seconds = time.perf_counter() - start
+    if on_eval is not None:
+        on_eval(n_updates, model)
+    return result

@@ -1,0 +1,131 @@
+"""The eight Phase 2 strategies of the seed, as small pure functions the trainer composes.
+
+Each reads only its own config block and learned quantities. None of them can read metabolite
+types: they receive the model, concentrations and frozen reaction terms, nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+
+from kernels.reference import reaction_dcdt
+from metabolism.config import StrategiesConfig
+
+
+# 1. residual supervision ---------------------------------------------------------------
+
+
+def residual_targets(model, concentrations: torch.Tensor, delta_t: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c_t, true dc/dt - frozen reaction dc/dt) for every unclamped transition.
+
+    What the frozen reactions cannot explain is what MLP_node must: the homeostatic residual.
+    """
+    x, nxt = concentrations[:-1], concentrations[1:]
+    keep = (nxt > 0).all(1)
+    x, nxt = x[keep], nxt[keep]
+    with torch.no_grad():
+        fr = model.frozen_reactions()
+        reaction = torch.cat([reaction_dcdt(xc, fr) for xc in x.split(512)])
+    return x, (nxt - x) / delta_t - reaction
+
+
+def residual_loss(model, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    return ((model.node(x) - residual) ** 2).mean()
+
+
+# 2. amplification with annealing ---------------------------------------------------------
+
+
+def amplification_factor(cfg: StrategiesConfig, frac: float) -> float:
+    """factor until anneal_start, geometric decay to 1 by anneal_end, then exactly 1."""
+    a = cfg.amplification
+    if not a.enabled:
+        return 1.0
+    if frac <= a.anneal_start:
+        return a.factor
+    if frac >= a.anneal_end:
+        return 1.0
+    t = (frac - a.anneal_start) / max(1e-12, a.anneal_end - a.anneal_start)
+    return float(a.factor ** (1.0 - t))
+
+
+# 3. unsupervised contrastive embedding loss -----------------------------------------------
+
+
+def response_curves(model, grid: torch.Tensor) -> torch.Tensor:
+    """MLP_node(c, a_i) on a shared concentration grid: (N, G), one learned curve per metabolite."""
+    c = grid[:, None].expand(grid.shape[0], model.embeddings.shape[0])  # (G, N)
+    return model.node(c).T
+
+
+def contrastive_loss(model, grid: torch.Tensor, cfg: StrategiesConfig) -> torch.Tensor:
+    """Neighbour-embedding loss: embeddings should have the neighbours their curves have.
+
+    p_ij: softmax_j of the cosine similarity of the centred response curves / temperature
+    (detached: what MLP_node has learned); q_ij: softmax_j of -|a_i - a_j|^2. Loss KL(p || q)
+    moves only the embeddings. Groups come from learned behaviour, never from labels.
+    """
+    with torch.no_grad():
+        curves = response_curves(model, grid)
+        curves = curves - curves.mean(1, keepdim=True)
+        curves = curves / curves.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        sim = curves @ curves.T
+        eye = torch.eye(sim.shape[0], dtype=torch.bool)
+        p = torch.softmax((sim / cfg.contrastive.temperature).masked_fill(eye, -1e9), 1)
+    emb = model.embeddings
+    d2 = torch.cdist(emb, emb).pow(2)
+    log_q = torch.log_softmax((-d2).masked_fill(eye, -1e9), 1)
+    return (p * (torch.log(p.clamp_min(1e-12)) - log_q)).masked_fill(eye, 0).sum(1).mean()
+
+
+# 4. rollout curriculum / 6. multi-scale rollout ---------------------------------------------
+
+
+def rollout_length(cfg: StrategiesConfig, time_step: int, frac: float,
+                   rng: random.Random) -> int:
+    """The rollout length for this batch: the slot's, shortened by curriculum or multi-scale."""
+    length = time_step
+    if cfg.curriculum.enabled and frac >= cfg.curriculum.switch_at:
+        length = max(1, round(cfg.curriculum.final_fraction * time_step))
+    if cfg.multiscale.enabled:
+        length = max(1, round(rng.choice(cfg.multiscale.fractions) * length))
+    return length
+
+
+def time_weights(cfg: StrategiesConfig, length: int) -> torch.Tensor:
+    """Per-step loss weights (mean 1): uniform, or growing with t (late-step weighting)."""
+    if cfg.curriculum.enabled and cfg.curriculum.late_step_weighting:
+        w = torch.arange(1, length + 1, dtype=torch.float32)
+    else:
+        w = torch.ones(length)
+    return w / w.mean()
+
+
+# 5. learning-rate warmup + cosine -----------------------------------------------------------
+
+
+def lr_multiplier(cfg: StrategiesConfig, frac: float) -> float:
+    """Linear warmup 1 -> peak_factor, then cosine peak_factor -> min_factor."""
+    s = cfg.lr_schedule
+    if not s.enabled:
+        return 1.0
+    if frac < s.warmup_fraction:
+        return 1.0 + (s.peak_factor - 1.0) * frac / s.warmup_fraction
+    t = (frac - s.warmup_fraction) / max(1e-12, 1.0 - s.warmup_fraction)
+    return s.min_factor + (s.peak_factor - s.min_factor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+# 7. gradient accumulation / 8. gradient isolation -------------------------------------------
+
+
+def accumulation_steps(cfg: StrategiesConfig) -> int:
+    return cfg.gradient_accumulation.steps if cfg.gradient_accumulation.enabled else 1
+
+
+def reaction_gradient(cfg: StrategiesConfig) -> bool:
+    """Gradient isolation: the rollout's reaction term passes no gradient to the state."""
+    return not cfg.gradient_isolation.enabled
