@@ -41,6 +41,17 @@ def _init_worker(threads: int) -> None:
     os.environ.setdefault("MKL_NUM_THREADS", str(threads))
 
 
+class InlineBackend:
+    """Runs jobs one after another in this process: for debugging (pdb works) and fast tests."""
+
+    def run(self, jobs: list[Job]) -> Iterator[tuple[int, dict[str, Any]]]:
+        for j in jobs:
+            yield j.node_id, execute_job(j.runner, j.config, j.parent_run_id, j.tags)
+
+    def close(self) -> None:
+        pass
+
+
 class LocalBackend:
     """One process per slot run, at most min(4, CPUs) at once (spawned: torch-safe)."""
 
@@ -142,6 +153,8 @@ def make_backend(name: str, address: str | None = None, max_workers: int | None 
                  runtime_env: dict | None = None):
     if name == "local":
         return LocalBackend(max_workers)
+    if name == "inline":
+        return InlineBackend()
     if name == "ray":
         return RayBackend(address, runtime_env=runtime_env)
-    raise BackendError(f"--backend {name}: unknown backend (local or ray)")
+    raise BackendError(f"--backend {name}: unknown backend (local, inline or ray)")

@@ -29,6 +29,11 @@ INSTRUCTION_CANDIDATES = (REPO_ROOT / "seed" / "phase2_homeostasis_instructions.
                           REPO_ROOT / "shared" / "seed" / "phase2_homeostasis_instructions.txt")
 
 
+# The tree plot is redrawn after a round only when the round took at least this long (real
+# runs); fast synthetic rounds get it once, at the end.
+ROUND_PLOT_MIN_S = 20.0
+
+
 class StudyError(ValueError):
     """A study cannot start or resume as asked; one line naming the setting."""
 
@@ -94,7 +99,8 @@ class Study:
 
     def __init__(self, settings: StudySettings, study_dir: Path, *, runner: str = DEFAULT_RUNNER,
                  backend=None, agent: AgentHook | None = None,
-                 instructions: Path | None = None, log: Callable[[str], None] = print):
+                 instructions: Path | None = None, log: Callable[[str], None] = print,
+                 plot: bool = True):
         settings.validate()
         self.settings = settings
         self.dir = Path(study_dir)
@@ -103,6 +109,7 @@ class Study:
         self.agent = agent
         self.instructions = read_instructions(instructions)
         self.log = log
+        self.plot = plot
         self.proposer = BuiltinProposer()
         self.tree_path = self.dir / "tree.json"
         self.tree = self._load_or_create()
@@ -255,6 +262,7 @@ class Study:
     def _execute(self, nodes: list[Node]) -> None:
         jobs = [Job(n.id, self.runner, n.config, self.tree.study_run_id, self._tags(n))
                 for n in nodes]
+        started = time.monotonic()
         for node_id, outcome in self.backend.run(jobs):
             node = self.tree.nodes[node_id]
             self._record(node, outcome)
@@ -262,7 +270,8 @@ class Study:
             self.log(f"[{self.settings.study}] iter {node.id} slot_{node.slot}: {node.status}"
                      + (f" ({node.error})" if node.error else
                         f" avg_slope_ratio={node.avg_slope_ratio:.4g} reward={node.reward:.3f}"))
-        self._plot()
+        if time.monotonic() - started > ROUND_PLOT_MIN_S:  # negligible next to real runs
+            self._plot()
 
     def _record(self, node: Node, outcome: dict[str, Any]) -> None:
         node.metrics = dict(outcome.get("metrics") or {})
@@ -293,6 +302,8 @@ class Study:
         self.log(f"[{s.study}] done: {len(tree.completed())} iterations in {self.dir}")
 
     def _plot(self) -> None:
+        if not self.plot:
+            return
         from metabolism.explore.plots import plot_tree
 
         try:
