@@ -43,3 +43,26 @@ def node(id, parent, reward, slot=0, block=0, metrics=None, error=None, status="
              status=status)
     n.reward = reward
     return n
+
+
+def plotting_runner(cfg, parent_run_id, extra_tags):
+    """Synthetic run that also reports (empty) plot files, like run_phase2's `plots`."""
+    import os
+
+    from metabolism.explore.runners import synthetic_runner
+
+    result = synthetic_runner(cfg, parent_run_id, extra_tags)
+    folder = Path(os.environ["EXPLORE_TEST_PLOTS"]) / f"node{extra_tags['node_id']}"
+    folder.mkdir(parents=True, exist_ok=True)
+    result.plots = {"mlp_node": folder / "MLP_node_p2_100.png",
+                    "embedding": folder / "embedding_p2_100.png"}
+    for p in result.plots.values():
+        p.write_bytes(b"")
+    return result
+
+
+def dying_runner(cfg, parent_run_id, extra_tags):
+    """The worker process dies mid-run (as if killed or out of memory)."""
+    import os
+
+    os._exit(1)
