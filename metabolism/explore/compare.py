@@ -78,16 +78,17 @@ def best_per_slot(rows: list[IterationRow]) -> dict[int, IterationRow]:
 def format_table(rows: list[IterationRow]) -> str:
     best = best_per_slot(rows)
     slots = sorted({r.slot for r in rows})
-    head = ("slot  time_step  runs  failed  best_node  avg_slope_ratio  slope_ratio_0  "
+    head = ("slot  time_step  runs  failed  crashed  best_node  avg_slope_ratio  slope_ratio_0  "
             "slope_ratio_1  embedding_cluster_acc  rate_constants_R2  reward")
     lines = [head, "-" * len(head)]
     for s in slots:
         mine = [r for r in rows if r.slot == s]
         failed = sum(1 for r in mine if r.error or r.node_status == "failed")
+        crashed = sum(1 for r in mine if r.error)
         b = best.get(s)
         m = b.metrics if b else {}
         lines.append(
-            f"{s:<4}  {SLOT_TIME_STEPS.get(s, '?'):<9}  {len(mine):<4}  {failed:<6}  "
+            f"{s:<4}  {SLOT_TIME_STEPS.get(s, '?'):<9}  {len(mine):<4}  {failed:<6}  {crashed:<7}  "
             f"{(b.node_id if b else '-')!s:<9}  {_num(m.get('avg_slope_ratio')):<15}  "
             f"{_num(m.get('MLP_node_slope_ratio_0')):<13}  "
             f"{_num(m.get('MLP_node_slope_ratio_1')):<13}  "
