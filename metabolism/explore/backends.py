@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -36,9 +37,18 @@ def _failed(error: str) -> dict[str, Any]:
 
 
 def _init_worker(threads: int) -> None:
-    """Share the cores between concurrent runs instead of oversubscribing them."""
+    """Share the cores between runs, and die with the loop (Linux) so a killed study leaves
+    no orphan run that would finish later and log a duplicate iteration."""
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     os.environ.setdefault("MKL_NUM_THREADS", str(threads))
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PDEATHSIG
+        except OSError:
+            pass
 
 
 class InlineBackend:

@@ -43,13 +43,15 @@ def collect_study_runs(study: str, experiment: str) -> list[IterationRow]:
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.study = '{study}'",
                               order_by=["attributes.start_time DESC"], max_results=50000)
+    # Prefer the run the loop recorded (it sets node_status) over any stray duplicate.
+    runs = sorted(runs, key=lambda r: "node_status" not in r.data.tags)
     rows: dict[int, IterationRow] = {}
     for r in runs:
         t = r.data.tags
         if "node_id" not in t or r.info.status == "KILLED":
             continue
         nid = int(t["node_id"])
-        if nid in rows:  # keep the latest run of a node
+        if nid in rows:  # keep one run per node
             continue
         rows[nid] = IterationRow(nid, int(t.get("slot", -1)), int(t.get("block", -1)),
                                  t.get("parent_id", "?"), t.get("mutation", ""),
