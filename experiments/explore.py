@@ -27,7 +27,7 @@ from metabolism.explore.agent import AgentHook  # noqa: E402
 from metabolism.explore.backends import BackendError, make_backend  # noqa: E402
 from metabolism.explore.loop import Study, StudyError, StudySettings, load_base_configs  # noqa: E402,E501
 from metabolism.explore.runners import (DEFAULT_RUNNER, RUNNER_ENV, RunnerError,  # noqa: E402
-                                        resolve_runner)
+                                        check_runner)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        resolve_runner(args.runner)  # fail now, not inside every worker
+        check_runner(args.runner)
         overrides = dict(parse_override(o) for o in args.override)
         study_dir = args.studies_root / args.study
         base = {} if (study_dir / "tree.json").exists() else load_base_configs(

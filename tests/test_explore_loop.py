@@ -109,7 +109,9 @@ def test_cli_refuses_bad_input_with_one_line(tmp_path):
              (["--override", "training.homeostasis_time_step=8"],
               "training.homeostasis_time_step: fixed at 4 for slot 0")]
     for extra, msg in cases:
-        cmd = _cli(tmp_path / "s", cfg_dir, 4, ["--no-mlflow", *extra])
+        cmd = _cli(tmp_path / "s", cfg_dir, 4, ["--no-mlflow", "--runner",
+                                                "metabolism.explore.runners:synthetic_runner",
+                                                *extra])
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and out.stderr.strip().startswith("error: ")
         assert msg in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -12,6 +12,7 @@ stand-ins (metrics computed from the config) for tests and dry runs of the loop 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 import os
 import time
@@ -41,6 +42,15 @@ def resolve_runner(spec: str) -> Callable[..., Any]:
     if not callable(fn):
         raise RunnerError(f"--runner {spec}: {module_name} has no callable {attr}")
     return fn
+
+
+def check_runner(spec: str) -> None:
+    """Fail at startup, not inside every worker: the spec resolves and the default runner's
+    training code (metabolism.experiment) is importable."""
+    resolve_runner(spec)
+    if spec == DEFAULT_RUNNER and importlib.util.find_spec("metabolism.experiment") is None:
+        raise RunnerError(f"--runner {spec}: metabolism.experiment (run_phase2) is not "
+                          "importable")
 
 
 def phase2_runner(cfg: Config, parent_run_id: str | None, extra_tags: dict[str, str]):
