@@ -44,15 +44,18 @@ def plot_tree(tree: Tree, path: Path) -> Path:
             xs = [n.id for n in nodes if n.status == status]
             ys = [_y(n) for n in nodes if n.status == status]
             if xs:
-                ax.scatter(xs, ys, c=color, s=30, zorder=3, label=status)
+                ax.scatter(xs, ys, c=color, s=30, zorder=3)
         ax.axhline(1.0, color="k", ls="--", lw=0.6)
         if block_size:
             for b in range(block_size, last + 1, block_size):
                 ax.axvline(b + 0.5, color="0.5", ls=":", lw=0.8)
         ax.set_ylabel(f"slot_{slot}\navg_slope_ratio")
         ax.set_ylim(-0.3, Y_MAX + 0.2)
-    axes[0, 0].legend(loc="upper left", fontsize=7, ncol=4)
-    axes[-1, 0].set_xlabel("iteration (root = black square; failed runs drawn at the top)")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", ls="", color=c, label=s) for s, c in COLORS.items()]
+    axes[0, 0].legend(handles=handles, loc="upper left", fontsize=7, ncol=4)
+    axes[-1, 0].set_xlabel("iteration (root = black square; crashed runs drawn at the top)")
     fig.suptitle(f"Exploration tree: {tree.settings.get('study', '')}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
