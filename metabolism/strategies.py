@@ -65,17 +65,18 @@ def response_curves(model, grid: torch.Tensor) -> torch.Tensor:
 def contrastive_loss(model, grid: torch.Tensor, cfg: StrategiesConfig) -> torch.Tensor:
     """Neighbour-embedding loss: embeddings should have the neighbours their curves have.
 
-    p_ij: softmax_j of the cosine similarity of the centred response curves / temperature
-    (detached: what MLP_node has learned); q_ij: softmax_j of -|a_i - a_j|^2. Loss KL(p || q)
-    moves only the embeddings. Groups come from learned behaviour, never from labels.
+    p_ij: softmax_j of -|R_i - R_j|^2 / (temperature * median of those distances), R_i the
+    learned response curve of metabolite i (detached: what MLP_node has learned, slope and
+    offset alike); q_ij: softmax_j of -|a_i - a_j|^2. The loss KL(p || q) moves only the
+    embeddings. Groups come from learned behaviour, never from labels.
     """
     with torch.no_grad():
         curves = response_curves(model, grid)
-        curves = curves - curves.mean(1, keepdim=True)
-        curves = curves / curves.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        sim = curves @ curves.T
-        eye = torch.eye(sim.shape[0], dtype=torch.bool)
-        p = torch.softmax((sim / cfg.contrastive.temperature).masked_fill(eye, -1e9), 1)
+        d_curve = torch.cdist(curves, curves).pow(2)
+        eye = torch.eye(d_curve.shape[0], dtype=torch.bool)
+        scale = d_curve[~eye].median().clamp_min(1e-20)
+        logits = -d_curve / (cfg.contrastive.temperature * scale)
+        p = torch.softmax(logits.masked_fill(eye, -1e9), 1)
     emb = model.embeddings
     d2 = torch.cdist(emb, emb).pow(2)
     log_q = torch.log_softmax((-d2).masked_fill(eye, -1e9), 1)
