@@ -67,10 +67,10 @@ class Phase1Config:
     """Phase 1: learn MLP_sub (Adam) and log10 k (least squares) from dc/dt with S given."""
 
     learning_rate_sub: float = 1e-2
-    n_steps: int = 400
+    n_steps: int = 1200
     batch_size: int = 256
     drift_correction: bool = True
-    relative_weight_floor: float = 1.0
+    relative_weight_floor: float = 5.0
     drift_warmup_fraction: float = 0.3
     n_restarts: int = 4
     restart_trial_steps: int = 40
@@ -103,6 +103,8 @@ class Contrastive:
     weight: float = 0.1
     n_grid: int = 16
     temperature: float = 0.1
+    start_fraction: float = 0.5
+    mode: str = "attract"
 
 
 @dataclass
@@ -382,13 +384,15 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A path that exists is used as is; a bare name is looked up in experiments/configs/."""
+    """A path that exists is used as is; otherwise it is looked up in experiments/configs/
+    ('slot3', 'slot3.yaml', 'seed_baseline/slot3.yaml')."""
     p = Path(name_or_path)
     if p.is_file():
         return p
-    for candidate in (CONFIG_DIR / p.name, CONFIG_DIR / f"{p.name}.yaml"):
-        if candidate.is_file() and p.parent == Path("."):
-            return candidate
+    if not p.is_absolute():
+        for candidate in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
+            if candidate.is_file():
+                return candidate
     raise ConfigError(f"{name_or_path}: config file not found (looked here and in {CONFIG_DIR})")
 
 

@@ -94,7 +94,7 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
                 idx = torch.randint(0, res_x.shape[0], (cfg.batch_size * T,))
                 loss = loss + st.residual_supervision.weight * strat.residual_loss(
                     model, res_x[idx], res_y[idx])
-            if st.contrastive.enabled:
+            if st.contrastive.enabled and frac >= st.contrastive.start_fraction:
                 loss = loss + st.contrastive.weight * strat.contrastive_loss(model, grid, st)
             (loss / accum).backward()
             total += loss.item() / accum

@@ -78,6 +78,10 @@ def contrastive_loss(model, grid: torch.Tensor, cfg: StrategiesConfig) -> torch.
         logits = -d_curve / (cfg.contrastive.temperature * scale)
         p = torch.softmax(logits.masked_fill(eye, -1e9), 1)
     emb = model.embeddings
+    if cfg.contrastive.mode == "attract":
+        # pull each a_i toward the p-weighted mean of its behavioural neighbours (no
+        # repulsion: the node loss keeps differently-behaving groups apart)
+        return ((emb - p @ emb.detach()) ** 2).sum(1).mean()
     d2 = torch.cdist(emb, emb).pow(2)
     log_q = torch.log_softmax((-d2).masked_fill(eye, -1e9), 1)
     return (p * (torch.log(p.clamp_min(1e-12)) - log_q)).masked_fill(eye, 0).sum(1).mean()

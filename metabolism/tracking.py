@@ -107,3 +107,20 @@ def tracked_run(experiment: str, run_name: str | None = None, tags: dict[str, st
         raise
     else:
         mlflow.end_run(status="FINISHED")
+
+
+def machine_description() -> str:
+    """'N-core <cpu>, torch X (+ GPU name)': the line a results table cites."""
+    import platform
+
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{os.cpu_count()}-core {cpu}, torch {torch.__version__}{gpu}"
