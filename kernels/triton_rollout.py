@@ -92,19 +92,19 @@ def _mlp_backward(x0, g_out, w_ptr, b_ptr, gw_ptr, gb_ptr, L: tl.constexpr, H: t
     offs = tl.arange(0, H)
     g = tl.where(offs[None, :] == 0, g_out[:, None], tl.zeros_like(x0))
     for ll in tl.static_range(L):
-        l: tl.constexpr = L - 1 - ll
+        # layer index L-1-ll, spelled out so it stays a compile-time constant
         x = x0
-        for k in tl.static_range(l):
+        for k in tl.static_range(L - 1 - ll):
             h = tl.dot(x, _load_wt(w_ptr, k, H), input_precision=PREC, out_dtype=DT)
             x = _tanh(h + tl.load(b_ptr + k * H + offs)[None, :])
         gw = tl.dot(tl.trans(g), x, input_precision=PREC, out_dtype=DT)  # (H_out, H_in)
-        wp = gw_ptr + l * H * H + offs[:, None] * H + offs[None, :]
+        wp = gw_ptr + (L - 1 - ll) * H * H + offs[:, None] * H + offs[None, :]
         tl.store(wp, tl.load(wp) + gw)
-        bp = gb_ptr + l * H + offs
+        bp = gb_ptr + (L - 1 - ll) * H + offs
         tl.store(bp, tl.load(bp) + tl.sum(g, axis=0))
-        w = tl.load(w_ptr + l * H * H + offs[:, None] * H + offs[None, :])  # (H_out, H_in)
-        gx = tl.dot(g, w, input_precision=PREC, out_dtype=DT)
-        if l > 0:
+        w = tl.load(w_ptr + (L - 1 - ll) * H * H + offs[:, None] * H + offs[None, :])
+        gx = tl.dot(g, w, input_precision=PREC, out_dtype=DT)  # (BLOCK, H_in)
+        if L - 1 - ll > 0:
             g = gx * (1.0 - x * x)
         else:
             g = gx
@@ -388,11 +388,29 @@ class ReactionPlan:
 
 
 def _prec(dtype) -> str:
+    """Exact fp32 products (no TF32): the rollout compounds errors over T steps."""
     return "ieee"
 
 
-def _blocks(plan: ReactionPlan) -> tuple[int, int]:
-    return min(_pow2(plan.N), 64), min(_pow2(plan.R), 256)
+# Largest row blocks per dtype. fp64 tiles take twice the shared memory; with 64-wide MLPs the
+# fp64 backward only fits the H100's 227 KiB of shared memory per CTA at these smaller blocks.
+MAX_BLOCKS = {torch.float32: (64, 256), torch.float64: (16, 64)}
+
+
+def block_sizes(N: int, R: int, dtype) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_R) for N metabolites, R reactions."""
+    bn, br = MAX_BLOCKS[dtype]
+    return min(_pow2(N), bn), min(_pow2(R), br)
+
+
+# Test hook: when not None, every buffer the kernels must fully overwrite (outputs and scratch)
+# is filled with this value (e.g. NaN) instead of left uninitialised, so a missed write shows up.
+POISON: float | None = None
+
+
+def _empty(*shape, dtype, device) -> torch.Tensor:
+    out = torch.empty(*shape, dtype=dtype, device=device)
+    return out if POISON is None else out.fill_(POISON)
 
 
 def rollout_forward(c0: torch.Tensor, emb: torch.Tensor, node_w: torch.Tensor,
@@ -401,13 +419,13 @@ def rollout_forward(c0: torch.Tensor, emb: torch.Tensor, node_w: torch.Tensor,
     """Launch the fused forward: (B, N) -> trajectory (B, T, N); node_w/b are packed."""
     B, N = c0.shape
     dev, dtype = c0.device, c0.dtype
-    traj = torch.empty(B, n_steps, N, dtype=dtype, device=dev)
+    traj = _empty(B, n_steps, N, dtype=dtype, device=dev)
     if n_steps == 0 or B == 0:
         return traj
-    tab = torch.empty(B, N * plan.U, dtype=dtype, device=dev)
-    v = torch.empty(B, plan.R, dtype=dtype, device=dev)
+    tab = _empty(B, N * plan.U, dtype=dtype, device=dev)
+    v = _empty(B, plan.R, dtype=dtype, device=dev)
     params = torch.tensor([dt, node_scale], dtype=dtype, device=dev)
-    BN, BR = _blocks(plan)
+    BN, BR = block_sizes(plan.N, plan.R, dtype)
     rollout_fwd_kernel[(B,)](
         c0, emb, traj, params, node_w, node_b, plan.sub_w, plan.sub_b, plan.coeff, plan.gidx,
         plan.k, plan.ell_rxn, plan.ell_val, tab, v,
@@ -425,21 +443,21 @@ def rollout_backward(c0, emb, traj, grad_traj, node_w, node_b, plan: ReactionPla
     D = emb.shape[1]
     LN, HN = node_w.shape[0], node_w.shape[1]
     U, R, M = plan.U, plan.R, plan.M
-    gc0 = torch.empty(B, N, dtype=dtype, device=dev)
+    gc0 = _empty(B, N, dtype=dtype, device=dev)
     gemb = torch.zeros(B, N, D, dtype=dtype, device=dev)
     gw = torch.zeros(B, LN, HN, HN, dtype=dtype, device=dev)
     gb = torch.zeros(B, LN, HN, dtype=dtype, device=dev)
     if T == 0 or B == 0:
         gc0.copy_(grad_traj.new_zeros(B, N))
         return gc0, gemb.sum(0), gw.sum(0), gb.sum(0)
-    tab = torch.empty(B, N * U, dtype=dtype, device=dev)
-    dtab = torch.empty(B, N * U, dtype=dtype, device=dev)
-    v = torch.empty(B, R, dtype=dtype, device=dev)
-    gz = torch.empty(B, N, dtype=dtype, device=dev)
-    gfac = torch.empty(B, R * M, dtype=dtype, device=dev)
+    tab = _empty(B, N * U, dtype=dtype, device=dev)
+    dtab = _empty(B, N * U, dtype=dtype, device=dev)
+    v = _empty(B, R, dtype=dtype, device=dev)
+    gz = _empty(B, N, dtype=dtype, device=dev)
+    gfac = _empty(B, R * M, dtype=dtype, device=dev)
     adj = torch.zeros(B, N, dtype=dtype, device=dev)
     params = torch.tensor([dt, node_scale], dtype=dtype, device=dev)
-    BN, BR = _blocks(plan)
+    BN, BR = block_sizes(plan.N, plan.R, dtype)
     rollout_bwd_kernel[(B,)](
         c0, emb, traj, grad_traj.contiguous(), params, node_w, node_b, plan.sub_w, plan.sub_b,
         plan.coeff, plan.gidx, plan.k, plan.ell_rxn, plan.ell_val, plan.st_idx, plan.st_val,
