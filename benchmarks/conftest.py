@@ -41,7 +41,7 @@ def pytest_terminal_summary(terminalreporter):
     tr.section("rollout throughput vs arithmetic floor")
     tr.write_line(f"{'group':<34} {'variant':<20} {'ms':>9} {'steps*samples/s':>16} "
                   f"{'GFLOP/s':>9} {'peak GFLOP/s':>12} {'floor ms':>9} {'% of floor':>10}")
-    for r in sorted(RESULTS, key=lambda r: (r["group"], r["ms"])):
+    for r in sorted(RESULTS, key=lambda r: (r["sort_key"], r["ms"])):
         tr.write_line(f"{r['group']:<34} {r['variant']:<20} {r['ms']:>9.2f} "
                       f"{r['throughput']:>16.0f} {r['gflops']:>9.2f} {r['peak_gflops']:>12.1f} "
                       f"{r['floor_ms']:>9.3f} {100 * r['floor_ms'] / r['ms']:>9.1f}%")

@@ -97,7 +97,7 @@ def test_rollout_throughput(benchmark, variant, N, R, B, T, mode):
                 peak_gflops=peak / 1e9, floor_ms=1e3 * flops / peak, flops=flops,
                 device=DEVICE)
     benchmark.extra_info.update(info)
-    RESULTS.append(info)
+    RESULTS.append({**info, "sort_key": (mode, N, B, T)})
 
 
 def test_vectorized_reference_vs_naive_loop_speedup(record_property):

@@ -8,6 +8,7 @@ captured in a ReactionPlan and never receives gradients.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from kernels.reference import FrozenReactions, Layers
 from kernels.triton_rollout import (ReactionPlan, layers_width, pack_layers, rollout_backward,
@@ -31,6 +32,7 @@ class FusedEulerRollout(torch.autograd.Function):
         return traj
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_traj: torch.Tensor):
         c0, emb, traj, node_w, node_b = ctx.saved_tensors
         gc0, gemb, gw, gb = rollout_backward(c0, emb, traj, grad_traj.to(c0.dtype), node_w,
