@@ -45,13 +45,40 @@ class FusedEulerRollout(torch.autograd.Function):
         return (None, None, None, None, None, gc0, gemb, *grads)
 
 
+# Small cache: building a plan syncs with the device (sorts, max counts). Values hold the frozen
+# object itself, so while cached its id and tensor addresses cannot be reused by new objects.
+_PLANS: dict = {}
+
+
+def _frozen_key(frozen: FrozenReactions, dtype, device) -> tuple:
+    """Identity of the frozen tensors including in-place edits (data_ptr, version counter)."""
+    tensors = [frozen.log10_k, frozen.coeff_values, frozen.substrate_index,
+               frozen.substrate_coeff_id, frozen.substrate_mask, frozen.stoich_index,
+               frozen.stoich_value] + [t for wb in frozen.sub_layers for t in wb]
+    return (id(frozen), dtype, str(device),
+            tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in tensors))
+
+
+def reaction_plan(frozen: FrozenReactions, dtype, device) -> ReactionPlan:
+    """The kernels' layout of `frozen`, rebuilt only when the frozen tensors change."""
+    key = _frozen_key(frozen, dtype, device)
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0] is frozen:
+        return hit[1]
+    if len(_PLANS) >= 8:
+        _PLANS.pop(next(iter(_PLANS)))
+    plan = ReactionPlan.build(frozen, dtype, device)
+    _PLANS[key] = (frozen, plan)
+    return plan
+
+
 def fused_euler_rollout(c0: torch.Tensor, embeddings: torch.Tensor, node_layers: Layers,
                         frozen: FrozenReactions, dt: float, n_steps: int, node_scale: float = 1.0,
                         reaction_grad: bool = True) -> torch.Tensor:
     """Same contract as euler_rollout_reference, computed by the fused Triton kernels."""
     if c0.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"fused rollout supports float32/float64 states, got {c0.dtype}")
-    plan = ReactionPlan.build(frozen, c0.dtype, c0.device)
+    plan = reaction_plan(frozen, c0.dtype, c0.device)
     flat = [t for wb in node_layers for t in wb]
     return FusedEulerRollout.apply(plan, float(dt), int(n_steps), float(node_scale),
                                    bool(reaction_grad), c0, embeddings.to(c0.dtype),

@@ -102,3 +102,18 @@ def test_dispatch_rejects_triton_on_cpu_without_interpreter(monkeypatch):
         resolve_backend(c0)
     monkeypatch.setenv("METABOLISM_ROLLOUT_BACKEND", "torch")
     assert resolve_backend(c0) == "torch"
+
+
+def test_benchmark_baselines_match_reference():
+    """The naive per-sample loop the benchmarks time computes the same rollout."""
+    from benchmarks.variants import dense_stoichiometry, naive_loop_rollout
+
+    seed = _seed()
+    p = random_problem(9, 20, 3, seed=seed, hidden_node=5, hidden_sub=4, cycle_length=100,
+                       max_per_reaction=5)
+    ref = euler_rollout_reference(p.c0, p.embeddings, p.node_layers, p.frozen, 0.1, 5,
+                                  node_scale=0.7)
+    out = naive_loop_rollout(p.c0, p.embeddings, p.node_layers, p.frozen, 0.1, 5, node_scale=0.7)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12, msg=f"seed={seed}")
+    S = dense_stoichiometry(p.frozen)
+    assert S.shape == (9, 20) and (S != 0).sum() == (p.frozen.stoich_value != 0).sum()

@@ -135,3 +135,16 @@ else:
         empty = euler_rollout(q.c0, q.embeddings, q.node_layers, q.frozen, 0.1, 0,
                               backend="triton")
         assert empty.shape == (2, 0, 7)
+
+    def test_plan_cache_sees_in_place_edits_of_frozen_tensors():
+        seed = _seed()
+        p = random_problem(seed=seed, n_metabolites=7, n_reactions=9, batch=1,
+                           hidden_node=5, hidden_sub=5)
+        args = (p.c0, p.embeddings, p.node_layers, p.frozen, 0.1, 3)
+        with torch.no_grad():
+            first = euler_rollout(*args, backend="triton")
+            p.frozen.log10_k += 0.5  # in place: same object, same storage, new version
+            second = euler_rollout(*args, backend="triton")
+            want = euler_rollout(*args, backend="torch")
+        assert (first - second).abs().max() > 1e-6, f"seed={seed}"
+        torch.testing.assert_close(second, want, rtol=1e-10, atol=1e-12, msg=f"seed={seed}")
