@@ -27,6 +27,12 @@ for dtype, rg in (("float32", True), ("float64", False)):
         out[f"{dtype}-{name}"] = dict(ptx=len(k.asm.get("ptx", "")), cubin=len(k.asm.get("cubin", b"")),
                                       target=".target sm_90" in k.asm["ptx"],
                                       shared=k.metadata.shared, limit=H100_MAX_SHARED)
+# a non-default shape: odd hidden width, 2 layers, 4 substrate slots, small odd N/R
+for name, k in compile_kernels(90, "float32", hidden=24, layers=2, substrate_slots=4,
+                               n_metabolites=33, n_reactions=70).items():
+    out[f"float32-small-{name}"] = dict(ptx=len(k.asm["ptx"]), cubin=len(k.asm["cubin"]),
+                                        target=".target sm_90" in k.asm["ptx"],
+                                        shared=k.metadata.shared, limit=H100_MAX_SHARED)
 print("AOT" + json.dumps(out))
 """
 
@@ -40,7 +46,8 @@ def test_aot_compile_for_h100_without_gpu():
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     line = next(l for l in proc.stdout.splitlines() if l.startswith("AOT"))
     result = json.loads(line[3:])
-    assert set(result) == {"float32-forward", "float32-backward", "float64-backward"}
+    assert set(result) == {"float32-forward", "float32-backward", "float64-backward",
+                           "float32-small-forward", "float32-small-backward"}
     for name, r in result.items():
         assert r["ptx"] > 0 and r["cubin"] > 0, name
         assert r["target"], f"{name}: PTX not for sm_90"

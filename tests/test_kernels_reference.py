@@ -117,3 +117,13 @@ def test_benchmark_baselines_match_reference():
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12, msg=f"seed={seed}")
     S = dense_stoichiometry(p.frozen)
     assert S.shape == (9, 20) and (S != 0).sum() == (p.frozen.stoich_value != 0).sum()
+
+
+def test_auto_picks_triton_for_cuda_tensors(monkeypatch):
+    """'auto' routes CUDA states to the fused kernel (a stand-in object: no GPU in CI)."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("triton")
+    monkeypatch.delenv("METABOLISM_ROLLOUT_BACKEND", raising=False)
+    assert resolve_backend(SimpleNamespace(is_cuda=True, device="cuda:0")) == "triton"
+    assert resolve_backend(SimpleNamespace(is_cuda=True, device="cuda:0"), "torch") == "torch"
