@@ -32,7 +32,8 @@ H100_MAX_SHARED = 232448
 
 def compile_kernels(arch: int = 90, dtype: str = "float32", *, hidden: int = 64,
                     layers: int = 3, substrate_slots: int = 2, n_metabolites: int = 100,
-                    n_reactions: int = 256, reaction_grad: bool = True) -> dict:
+                    n_reactions: int = 256, reaction_grad: bool = True,
+                    kernels: tuple[str, ...] = ("forward", "backward")) -> dict:
     """{'forward': CompiledKernel, 'backward': CompiledKernel} for cuda sm_<arch>.
 
     Block sizes are the ones the launcher would pick for these sizes and dtype.
@@ -48,6 +49,8 @@ def compile_kernels(arch: int = 90, dtype: str = "float32", *, hidden: int = 64,
     for name, kernel, extra in (("forward", tr.rollout_fwd_kernel, {}),
                                 ("backward", tr.rollout_bwd_kernel,
                                  {"REACTION_GRAD": reaction_grad})):
+        if name not in kernels:
+            continue
         constexprs = {**common, **extra}
         src = triton.compiler.ASTSource(fn=kernel, signature=_signature(kernel, dtype, ints,
                                                                         constexprs),
