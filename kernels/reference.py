@@ -52,10 +52,12 @@ class FrozenReactions:
         R = S.shape[1]
         st_idx = torch.zeros(R, P, dtype=torch.long, device=device)
         st_val = torch.zeros(R, P, dtype=dtype, device=device)
-        for j in range(R):
-            rows = torch.nonzero(S[:, j]).flatten()
-            st_idx[j, : len(rows)] = rows
-            st_val[j, : len(rows)] = S[rows, j].to(dtype)
+        # column j's nonzero rows in ascending order, vectorized (a Python loop over R is slow at
+        # R ~ 25k): nonzero(S^T) is sorted by (j, row), so the slot is the rank within column j.
+        cols, rows = torch.nonzero(S.T, as_tuple=True)
+        slot = torch.arange(cols.numel(), device=S.device) - (torch.cumsum(nnz, 0) - nnz)[cols]
+        st_idx[cols.to(device), slot.to(device)] = rows.to(device)
+        st_val[cols.to(device), slot.to(device)] = S[rows, cols].to(dtype=dtype, device=device)
         return cls(log10_k=log10_k, sub_layers=sub_layers, coeff_values=coeff_values,
                    substrate_index=substrate_index.long(), substrate_coeff_id=coeff_id.long(),
                    substrate_mask=mask, stoich_index=st_idx, stoich_value=st_val,

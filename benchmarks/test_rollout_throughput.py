@@ -1,0 +1,127 @@
+"""Rollout throughput (rollout steps x samples per second), forward and forward+backward.
+
+Each benchmark group is one size and mode, so pytest-benchmark's table compares the variants
+side by side: fused Triton kernel (CUDA only), vectorized torch reference, torch.compile of the
+reference step, and the naive per-sample loop. `python -m pytest benchmarks` runs the default
+regime; METABOLISM_BENCH_SCALE=1 adds the at-scale sizes.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import pytest
+import torch
+
+from benchmarks.conftest import RESULTS
+from benchmarks.flops import peak_flops, rollout_flops
+from benchmarks.variants import VARIANTS
+from kernels.problems import random_problem
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DT = 0.1
+# (N, R, B, T)
+DEFAULT = [(100, 256, 8, t) for t in (4, 16, 32, 64)]
+# GPU-sized at-scale cases, plus B=8, T=4 versions small enough for a CPU run
+SCALE = [(1000, 2560, 64, 16), (1000, 2560, 1024, 16), (10000, 25600, 64, 16),
+         (10000, 25600, 1024, 16), (1000, 2560, 8, 4), (10000, 25600, 8, 4)]
+SIZES = [pytest.param(*s, id=f"N{s[0]}-R{s[1]}-B{s[2]}-T{s[3]}") for s in DEFAULT] + \
+    [pytest.param(*s, id=f"N{s[0]}-R{s[1]}-B{s[2]}-T{s[3]}", marks=pytest.mark.scale)
+     for s in SCALE]
+CPU_MAX_FLOPS = 3e10  # per call: larger cases would take minutes per round on a small CPU
+LOOP_MAX_BATCH = 64
+
+
+@functools.lru_cache(maxsize=None)
+def _problem(N: int, R: int, B: int):
+    return random_problem(N, R, B, seed=0, clamp_pressure=0.0).to(torch.float32, DEVICE)
+
+
+def _skip_reason(variant: str, flops: float, B: int) -> str | None:
+    if variant == "fused-triton" and DEVICE != "cuda":
+        return "fused Triton kernel needs a CUDA device (no GPU here)"
+    if DEVICE == "cpu" and flops > CPU_MAX_FLOPS:
+        return f"{flops / 1e9:.0f} GFLOP per call is too slow for a CPU run; run on a GPU"
+    if variant == "naive-loop" and B > LOOP_MAX_BATCH:
+        return f"per-sample Python loop over B={B} samples: minutes per round"
+    return None
+
+
+def _sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("N,R,B,T", SIZES)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_rollout_throughput(benchmark, variant, N, R, B, T, mode):
+    p = _problem(N, R, B)
+    backward = mode == "fwd+bwd"
+    flops = rollout_flops(p.node_layers, p.frozen, B, T, backward)
+    reason = _skip_reason(variant, flops, B)
+    if reason:
+        pytest.skip(reason)
+    fn = VARIANTS[variant]
+    params = p.params()
+
+    def run():
+        if backward:
+            out = fn(p.c0, p.embeddings, p.node_layers, p.frozen, DT, T)
+            torch.autograd.grad(out.square().sum(), params)
+        else:
+            with torch.no_grad():
+                fn(p.c0, p.embeddings, p.node_layers, p.frozen, DT, T)
+        _sync()
+
+    try:
+        run()  # warm-up outside the timing: compilation, autotuning, caches
+    except Exception as exc:  # torch.compile can fail on some platforms; say so, don't hide it
+        if variant == "torch-compile-step":
+            pytest.skip(f"torch.compile failed: {type(exc).__name__}: {str(exc)[:120]}")
+        raise
+    best = [float("inf")]
+
+    def timed():
+        t = time.perf_counter()
+        run()
+        best[0] = min(best[0], time.perf_counter() - t)
+
+    benchmark.group = f"{mode} N={N} R={R} B={B} T={T}"
+    benchmark.pedantic(timed, rounds=3, iterations=1, warmup_rounds=0)
+    seconds = best[0]  # own timer: also valid under --benchmark-disable
+    peak = peak_flops(DEVICE)
+    info = dict(group=benchmark.group, variant=variant, ms=1e3 * seconds,
+                throughput=B * T / seconds, gflops=flops / seconds / 1e9,
+                peak_gflops=peak / 1e9, floor_ms=1e3 * flops / peak, flops=flops,
+                device=DEVICE)
+    benchmark.extra_info.update(info)
+    RESULTS.append({**info, "sort_key": (mode, N, B, T)})
+
+
+def test_vectorized_reference_vs_naive_loop_speedup(record_property):
+    """The claim: on CPU the vectorized reference is >= 10x the per-sample loop at T=64, B=8.
+
+    Measured side by side in one run (interleaved, best of 3 each). The hard check is that
+    vectorizing helps at all; below 10x the test xfails with the measured ratio.
+    """
+    N, R, B, T = 100, 256, 8, 64
+    p = _problem(N, R, B)
+    times = {"torch-vectorized": [], "naive-loop": []}
+    with torch.no_grad():
+        for _ in range(3):
+            for name in times:
+                t = time.perf_counter()
+                VARIANTS[name](p.c0, p.embeddings, p.node_layers, p.frozen, DT, T)
+                _sync()
+                times[name].append(time.perf_counter() - t)
+    vec, loop = min(times["torch-vectorized"]), min(times["naive-loop"])
+    ratio = loop / vec
+    record_property("speedup", ratio)
+    print(f"\n{DEVICE} N={N} R={R} B={B} T={T} fwd: vectorized {1e3 * vec:.1f} ms, "
+          f"naive loop {1e3 * loop:.1f} ms, speedup {ratio:.2f}x")
+    assert ratio > 1.0, f"vectorized reference slower than the per-sample loop ({ratio:.2f}x)"
+    if ratio < 10.0:
+        pytest.xfail(f"speedup {ratio:.2f}x < 10x on {DEVICE} (vectorized {1e3 * vec:.0f} ms, "
+                     f"loop {1e3 * loop:.0f} ms)")

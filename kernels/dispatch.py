@@ -1,0 +1,68 @@
+"""Backend choice for euler_rollout: the fused Triton kernels on CUDA, the torch reference elsewhere.
+
+Why a separate module: the library calls one function; which implementation runs is a deployment
+decision (env var METABOLISM_ROLLOUT_BACKEND) that must not leak into model code.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from kernels.reference import FrozenReactions, Layers, euler_rollout_reference
+
+ENV_VAR = "METABOLISM_ROLLOUT_BACKEND"
+BACKENDS = ("auto", "torch", "triton")
+
+
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def available_backends() -> list[str]:
+    """Backends usable in this process: 'torch' always, 'triton' with triton + (CUDA or interpreter)."""
+    out = ["torch"]
+    if _triton_importable() and (torch.cuda.is_available() or _interpreting()):
+        out.append("triton")
+    return out
+
+
+def resolve_backend(c0: torch.Tensor, backend: str | None = None) -> str:
+    """'torch' or 'triton' for these inputs; raises ValueError on an unusable request."""
+    name = (backend if backend is not None else os.environ.get(ENV_VAR, "auto")).strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"unknown rollout backend {name!r}; expected one of {BACKENDS}")
+    if name == "auto":
+        return "triton" if c0.is_cuda and _triton_importable() else "torch"
+    if name == "triton":
+        if not _triton_importable():
+            raise ValueError("rollout backend 'triton' requested but triton is not importable")
+        if not c0.is_cuda and not _interpreting():
+            raise ValueError("rollout backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 "
+                             f"for CPU testing); got tensors on {c0.device}")
+    return name
+
+
+def euler_rollout(c0: torch.Tensor, embeddings: torch.Tensor, node_layers: Layers,
+                  frozen: FrozenReactions, dt: float, n_steps: int, node_scale: float = 1.0,
+                  reaction_grad: bool = True, backend: str | None = None) -> torch.Tensor:
+    """Roll the learned model n_steps from c0 (B, N); returns states 1..n_steps as (B, T, N).
+
+    Semantics are those of kernels.reference.euler_rollout_reference; backend None reads
+    $METABOLISM_ROLLOUT_BACKEND ('auto' | 'torch' | 'triton', default 'auto').
+    """
+    if resolve_backend(c0, backend) == "torch":
+        return euler_rollout_reference(c0, embeddings, node_layers, frozen, dt, n_steps,
+                                       node_scale=node_scale, reaction_grad=reaction_grad)
+    from kernels.autograd import fused_euler_rollout
+    return fused_euler_rollout(c0, embeddings, node_layers, frozen, dt, n_steps,
+                               node_scale=node_scale, reaction_grad=reaction_grad)
