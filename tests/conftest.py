@@ -10,6 +10,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Tiny tensors: OpenMP threads only add spin-wait overhead (100x on a busy 2-core machine).
+torch.set_num_threads(1)
 
 from metabolism.cli import QUICK_OVERRIDES  # noqa: E402
 from metabolism.config import Config, config_from_dict, set_dotted  # noqa: E402
