@@ -66,3 +66,19 @@ def tiny_phase1(tmp_path_factory):
     data_root = tmp_path_factory.mktemp("data")
     ckpt, info = ensure_phase1(cfg, data_root, progress=False, quiet=True)
     return cfg, data_root, ckpt, info
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    """A private MLflow sqlite store for one test."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def copy_data_root(src: Path, dst: Path) -> Path:
+    """Copy a built data root (dataset + Phase 1 checkpoint) so a test may alter it."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
