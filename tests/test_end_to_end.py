@@ -20,7 +20,7 @@ import metabolism.phase2 as phase2_mod
 from conftest import ROOT, tiny_dict
 from metabolism.config import config_from_dict
 from metabolism.data import dataset_dir, ensure_dataset
-from metabolism.experiment import phase1_checkpoint_path, read_analysis_log, run_phase2
+from metabolism.experiment import file_hash, phase1_checkpoint_path, read_analysis_log, run_phase2
 from metabolism.phase2 import DivergenceError
 
 pytestmark = pytest.mark.slow
@@ -129,6 +129,8 @@ def test_mlflow_run_finished_with_params_metrics_tags(e2e):
     assert tags["time_step"] == "8"
     assert tags["strategy"] == "residual_supervision+contrastive"
     assert tags["regime"] == "test"
+    ckpt = phase1_checkpoint_path(cfg, e2e["tmp"] / "data")
+    assert tags["phase1_checkpoint"] == file_hash(ckpt)
 
 
 def test_mlflow_per_step_loss_history(e2e):
@@ -248,6 +250,8 @@ def test_failing_run_is_marked_failed_and_keeps_data(tmp_path, mlflow_uri, monke
     assert sorted(m.step for m in loss) == list(range(fail_after))
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "tmp_training" in arts
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "tmp_training")}
+    assert "tmp_training/loss.png" in plots
 
 
 # ----------------------------------------------------------------------------- CLI
