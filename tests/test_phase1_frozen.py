@@ -7,13 +7,11 @@ import copy
 import pytest
 import torch
 
-from conftest import ALL_STRATEGIES
+from conftest import ALL_STRATEGIES, tiny_dict
 from metabolism.config import config_from_dict
 from metabolism.data import dataset_dir, load_training_data
 from metabolism.experiment import load_phase1_model
 from metabolism.phase2 import train_phase2
-
-from conftest import tiny_dict
 
 COMBOS = {
     "baseline": {},
