@@ -26,7 +26,7 @@ from metabolism.metrics import corrected_log10_k, evaluate, node_fn_of, rate_con
 from metabolism.model import MetabolismModel
 from metabolism.network import GroundTruth
 from metabolism.phase1 import train_phase1
-from metabolism.phase2 import train_phase2
+from metabolism.phase2 import DivergenceError, train_phase2
 
 
 @dataclass
@@ -203,12 +203,16 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
         model = load_phase1_model(ckpt, data, cfg)
         evaluator = _Evaluator(run_dir, data, truth, cfg, client, run_id)
         eval_every = tr.plot_every or max(1, tr.data_augmentation_loop // 4)
-        result = None
+        result = partial = None
         try:
             result = train_phase2(model, data, tr, on_eval=lambda s, m: evaluator(s, m),
                                   eval_every=eval_every, progress=progress)
+        except DivergenceError as exc:  # the updates before the divergence still count
+            partial = exc.result
+            raise
         finally:  # keep what was recorded, even when training failed
-            losses = result.losses if result else []
+            done = result or partial
+            losses = done.losses if done else []
             if losses:
                 _log_loss_curve(client, run_id, "phase2_train_loss", losses, 0)
                 evaluator.plots["loss"] = plots.plot_loss(losses, run_dir / "tmp_training" / "loss.png")

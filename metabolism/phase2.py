@@ -24,7 +24,11 @@ from metabolism.rollout import rollout
 
 
 class DivergenceError(FloatingPointError):
-    """The Phase 2 loss became non-finite."""
+    """The Phase 2 loss became non-finite; `result` holds the updates done before it."""
+
+    def __init__(self, message: str, result: "Phase2Result | None" = None):
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass
@@ -102,7 +106,8 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
 
         if not (torch.isfinite(torch.tensor(total))):
             raise DivergenceError(f"phase 2 diverged at update {step} (loss={total}); "
-                                  f"last finite loss {result.losses[-1] if result.losses else 'none'}")
+                                  f"last finite loss {result.losses[-1] if result.losses else 'none'}",
+                                  result)
         opt.step()
         opt.zero_grad(set_to_none=True)
         result.losses.append(total)

@@ -1,8 +1,84 @@
-"""Make this checkout's package win over any other installed copy (also in spawned workers)."""
+"""Shared fixtures: import the worktree's code (not the editable install), tiny regimes."""
 
+from __future__ import annotations
+
+import copy
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path[:1]:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Tiny tensors: OpenMP threads only add spin-wait overhead (100x on a busy 2-core machine).
+torch.set_num_threads(1)
+
+from metabolism.cli import QUICK_OVERRIDES  # noqa: E402
+from metabolism.config import Config, config_from_dict, set_dotted  # noqa: E402
+
+# Every strategy of the seed switched on at once (sizes kept small).
+ALL_STRATEGIES = {
+    "residual_supervision": {"enabled": True, "weight": 1.0},
+    "amplification": {"enabled": True, "factor": 10.0, "anneal_start": 0.2, "anneal_end": 0.6},
+    "contrastive": {"enabled": True, "weight": 0.1, "n_grid": 8},
+    "curriculum": {"enabled": True, "final_fraction": 0.5, "switch_at": 0.5,
+                   "late_step_weighting": True},
+    "lr_schedule": {"enabled": True, "warmup_fraction": 0.2},
+    "multiscale": {"enabled": True, "fractions": [0.5, 1.0]},
+    "gradient_accumulation": {"enabled": True, "steps": 2},
+    "gradient_isolation": {"enabled": True},
+}
+
+
+def tiny_dict(**dotted) -> dict:
+    """The QUICK_OVERRIDES regime, shrunk further for tests, as a nested config dict."""
+    d: dict = {}
+    for k, v in QUICK_OVERRIDES.items():
+        set_dotted(d, k, v)
+    extra = {
+        "regime": "test",
+        "phase1.n_steps": 20,
+        "phase1.n_restarts": 1,
+        "phase1.restart_trial_steps": 5,
+        "phase1.batch_size": 32,
+        "training.homeostasis_time_step": 8,
+        "training.data_augmentation_loop": 6,
+        "training.log_every": 1,
+    }
+    extra.update(dotted)
+    for k, v in extra.items():
+        set_dotted(d, k, copy.deepcopy(v))
+    return d
+
+
+def tiny_config(**dotted) -> Config:
+    return config_from_dict(tiny_dict(**dotted), source="<tests>")
+
+
+@pytest.fixture(scope="session")
+def tiny_phase1(tmp_path_factory):
+    """(cfg, data_root, checkpoint path, info) for the tiny regime, built once per session."""
+    from metabolism.experiment import ensure_phase1
+
+    cfg = tiny_config()
+    data_root = tmp_path_factory.mktemp("data")
+    ckpt, info = ensure_phase1(cfg, data_root, progress=False, quiet=True)
+    return cfg, data_root, ckpt, info
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    """A private MLflow sqlite store for one test."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def copy_data_root(src: Path, dst: Path) -> Path:
+    """Copy a built data root (dataset + Phase 1 checkpoint) so a test may alter it."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst

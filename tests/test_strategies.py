@@ -1,0 +1,347 @@
+"""Each Phase 2 strategy changes what it claims to change."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import metabolism.phase2 as phase2_mod
+from conftest import ALL_STRATEGIES, tiny_dict
+from kernels.reference import reaction_dcdt
+from metabolism import strategies as strat
+from metabolism.config import ModelConfig, SimulationConfig, StrategiesConfig, config_from_dict
+from metabolism.data import dataset_dir, load_training_data
+from metabolism.experiment import load_phase1_model
+from metabolism.model import MetabolismModel
+from metabolism.network import generate_network
+from metabolism.phase2 import train_phase2
+from metabolism.rollout import rollout
+
+
+def _strategies(**blocks) -> StrategiesConfig:
+    d = tiny_dict()
+    d["training"]["strategies"] = blocks
+    return config_from_dict(d).training.strategies
+
+
+@pytest.fixture
+def model():
+    """A small model with true log10 k, a random MLP_sub and a non-zero MLP_node."""
+    torch.manual_seed(0)
+    stoich, truth = generate_network(SimulationConfig(n_metabolites=12, n_reactions=20,
+                                                      lambda_per_type=[0.1, 0.2], seed=3))
+    m = MetabolismModel(stoich, ModelConfig(hidden_dim_sub=8, hidden_dim_node=8,
+                                            embedding_init_std=0.5), concentration_scale=4.0)
+    with torch.no_grad():
+        m.log10_k.copy_(torch.as_tensor(truth.log10_k, dtype=torch.float32))
+        for lin in m.mlp_node:
+            if isinstance(lin, torch.nn.Linear):
+                lin.weight.normal_(0, 0.5)
+                lin.bias.normal_(0, 0.2)
+    m.freeze_phase1()
+    return m
+
+
+def _c0(n=12, b=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return 3.0 + 2.0 * torch.rand(b, n, generator=g)
+
+
+# ----------------------------------------------------------------------------- amplification
+
+
+def test_amplification_scales_node_term(model):
+    c0, dt = _c0(), 0.01
+    with torch.no_grad():
+        base = rollout(model, c0, 1, dt, node_scale=0.0)[:, 0]
+        one = rollout(model, c0, 1, dt, node_scale=1.0)[:, 0]
+        amp = rollout(model, c0, 1, dt, node_scale=25.0)[:, 0]
+        node = model.node(c0)
+    assert torch.all(base > 0)  # no clamping, so the step is linear in node_scale
+    torch.testing.assert_close(one - base, dt * node, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(amp - base, 25.0 * dt * node, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(amp, one)
+
+
+def test_amplification_factor_schedule():
+    st = _strategies(amplification={"enabled": True, "factor": 50.0, "anneal_start": 0.3,
+                                    "anneal_end": 0.8})
+    assert strat.amplification_factor(st, 0.0) == 50.0
+    assert strat.amplification_factor(st, 0.3) == 50.0
+    mid = [strat.amplification_factor(st, f) for f in np.linspace(0.31, 0.79, 20)]
+    assert all(1.0 < a < 50.0 for a in mid)
+    assert all(a > b for a, b in zip(mid, mid[1:]))  # annealing: strictly decreasing
+    assert strat.amplification_factor(st, 0.55) == pytest.approx(math.sqrt(50.0))  # geometric
+    assert strat.amplification_factor(st, 0.8) == 1.0
+    assert strat.amplification_factor(st, 999 / 1000) == 1.0  # last update: exactly 1
+    assert strat.amplification_factor(_strategies(), 0.0) == 1.0  # disabled
+
+
+def test_amplification_reaches_the_trainer(tiny_phase1, monkeypatch):
+    cfg0, data_root, ckpt, _ = tiny_phase1
+    d = tiny_dict(**{"training.data_augmentation_loop": 10})
+    d["training"]["strategies"] = {"amplification": {"enabled": True, "factor": 20.0,
+                                                     "anneal_start": 0.2, "anneal_end": 0.6}}
+    cfg = config_from_dict(d)
+    scales = []
+    real = phase2_mod.rollout
+
+    def spy(*a, **kw):
+        scales.append(kw.get("node_scale", 1.0))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(phase2_mod, "rollout", spy)
+    data = load_training_data(dataset_dir(cfg, data_root))
+    train_phase2(load_phase1_model(ckpt, data, cfg), data, cfg.training, progress=False)
+    train_scales = scales[:10]  # the last call is the evaluation rollout
+    assert train_scales[0] == 20.0 and train_scales[2] == 20.0
+    assert train_scales[-1] == 1.0 and train_scales[6] == 1.0
+    assert 1.0 < train_scales[4] < 20.0
+    assert scales[-1] == 1.0  # evaluation sees the unamplified model
+
+
+# ----------------------------------------------------------------------------- isolation
+
+
+def test_gradient_isolation_one_step_jacobian(model):
+    """With isolation, d c1 / d c0 = I + dt * diag(d node / d c): the node-only path."""
+    c0, dt = _c0(b=2), 0.05
+    w = torch.randn_like(c0)
+
+    def grad_c0(reaction_grad):
+        x = c0.clone().requires_grad_(True)
+        out = rollout(model, x, 1, dt, reaction_grad=reaction_grad)[:, 0]
+        (out * w).sum().backward()
+        return out.detach(), x.grad
+
+    out_iso, g_iso = grad_c0(False)
+    out_full, g_full = grad_c0(True)
+    torch.testing.assert_close(out_iso, out_full)  # same forward: the state still reacts
+
+    x = c0.clone().requires_grad_(True)
+    dnode = torch.autograd.grad(model.node(x).sum(), x)[0]  # node is per-metabolite: diagonal
+    torch.testing.assert_close(g_iso, w + dt * w * dnode, rtol=1e-5, atol=1e-6)
+
+    fr = model.frozen_reactions()
+    for b in range(c0.shape[0]):
+        J = torch.autograd.functional.jacobian(lambda c: reaction_dcdt(c[None], fr)[0], c0[b])
+        torch.testing.assert_close(g_full[b], g_iso[b] + dt * (J.T @ w[b]), rtol=1e-4,
+                                   atol=1e-5)
+    assert not torch.allclose(g_iso, g_full)
+
+
+def test_gradient_isolation_changes_parameter_gradients(model):
+    c0, dt = _c0(), 0.05
+    target = c0[:, None, :] + 0.1
+
+    def grads(reaction_grad):
+        model.zero_grad(set_to_none=True)
+        pred = rollout(model, c0, 6, dt, reaction_grad=reaction_grad)
+        ((pred - target) ** 2).mean().backward()
+        return [p.grad.clone() for p in model.mlp_node.parameters()] + [model.embeddings.grad]
+
+    g_iso, g_full = grads(False), grads(True)
+    assert all(torch.isfinite(g).all() for g in g_iso)
+    assert any(not torch.allclose(a, b) for a, b in zip(g_iso, g_full))
+    assert all(p.grad is None for p in model.phase1_parameters())
+    assert strat.reaction_gradient(_strategies(gradient_isolation={"enabled": True})) is False
+    assert strat.reaction_gradient(_strategies()) is True
+
+
+# ----------------------------------------------------------------------------- lr schedule
+
+
+def test_lr_multiplier_shape():
+    st = _strategies(lr_schedule={"enabled": True, "warmup_fraction": 0.1, "peak_factor": 10.0,
+                                  "min_factor": 0.1})
+    assert strat.lr_multiplier(st, 0.0) == pytest.approx(1.0)
+    assert strat.lr_multiplier(st, 0.05) == pytest.approx(5.5)
+    assert strat.lr_multiplier(st, 0.1) == pytest.approx(10.0)
+    assert strat.lr_multiplier(st, 1.0) == pytest.approx(0.1)
+    assert strat.lr_multiplier(st, 0.55) == pytest.approx(0.1 + 9.9 * 0.5)  # cosine midpoint
+    warm = [strat.lr_multiplier(st, f) for f in np.linspace(0, 0.1, 11)[:-1]]
+    decay = [strat.lr_multiplier(st, f) for f in np.linspace(0.1, 1.0, 50)]
+    assert all(a < b for a, b in zip(warm, warm[1:]))
+    assert all(a > b for a, b in zip(decay, decay[1:]))
+    assert max(warm + decay) == pytest.approx(10.0)
+    assert strat.lr_multiplier(_strategies(), 0.5) == 1.0
+
+
+# ----------------------------------------------------------------------------- lengths
+
+
+def test_rollout_length_curriculum():
+    st = _strategies(curriculum={"enabled": True, "final_fraction": 0.25, "switch_at": 0.5})
+    rng = random.Random(0)
+    assert strat.rollout_length(st, 64, 0.0, rng) == 64
+    assert strat.rollout_length(st, 64, 0.49, rng) == 64
+    assert strat.rollout_length(st, 64, 0.5, rng) == 16
+    assert strat.rollout_length(st, 64, 0.99, rng) == 16
+    assert strat.rollout_length(st, 2, 0.9, rng) == 1  # never zero
+    assert strat.rollout_length(_strategies(), 64, 0.9, rng) == 64
+
+
+def test_rollout_length_multiscale():
+    st = _strategies(multiscale={"enabled": True, "fractions": [0.25, 0.5, 1.0]})
+    rng = random.Random(0)
+    lengths = [strat.rollout_length(st, 32, 0.5, rng) for _ in range(300)]
+    assert set(lengths) == {8, 16, 32}
+    both = _strategies(multiscale={"enabled": True, "fractions": [0.5, 1.0]},
+                       curriculum={"enabled": True, "final_fraction": 0.5, "switch_at": 0.5})
+    late = {strat.rollout_length(both, 32, 0.9, rng) for _ in range(100)}
+    assert late == {8, 16}
+
+
+def test_time_weights():
+    plain = strat.time_weights(_strategies(), 8)
+    torch.testing.assert_close(plain, torch.ones(8))
+    st = _strategies(curriculum={"enabled": True, "late_step_weighting": True})
+    for n in (1, 5, 16):
+        w = strat.time_weights(st, n)
+        assert w.shape == (n,)
+        assert float(w.mean()) == pytest.approx(1.0)
+        assert torch.all(w[1:] > w[:-1])
+    # late-step weighting belongs to the curriculum: off when the curriculum is off
+    off = _strategies(curriculum={"enabled": False, "late_step_weighting": True})
+    torch.testing.assert_close(strat.time_weights(off, 4), torch.ones(4))
+
+
+def test_accumulation_steps():
+    assert strat.accumulation_steps(_strategies()) == 1
+    assert strat.accumulation_steps(
+        _strategies(gradient_accumulation={"enabled": True, "steps": 3})) == 3
+
+
+# ----------------------------------------------------------------------------- residual
+
+
+def _manual_reaction_dcdt(model, c):
+    """sum_j S_ij k_j prod MLP_sub(c_k/scale, |s_kj|), straight from nn.Modules and dense S."""
+    scale = model.concentration_scale
+    out = []
+    for row in c:
+        v = []
+        for j in range(model.S.shape[1]):
+            prod = torch.tensor(1.0)
+            for slot in range(model.substrate_index.shape[1]):
+                s = model.substrate_coeff[j, slot]
+                if s > 0:
+                    k = model.substrate_index[j, slot]
+                    prod = prod * model.mlp_sub(torch.stack([row[k] / scale, s]))[0]
+            v.append(10.0 ** model.log10_k[j] * prod)
+        out.append(model.S @ torch.stack(v))
+    return torch.stack(out)
+
+
+def test_residual_targets(model):
+    torch.manual_seed(1)
+    conc = 2.0 + torch.rand(6, 12) * 3
+    conc[3, 5] = 0.0  # transition 2 -> 3 ends clamped: dropped
+    dt = 0.1
+    x, y = strat.residual_targets(model, conc, dt)
+    keep = [0, 1, 3, 4]
+    torch.testing.assert_close(x, conc[keep])
+    with torch.no_grad():
+        expected = (conc[[k + 1 for k in keep]] - conc[keep]) / dt \
+            - _manual_reaction_dcdt(model, conc[keep])
+    torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_residual_loss_is_node_mse(model):
+    x = _c0(b=4)
+    r = torch.randn_like(x)
+    loss = strat.residual_loss(model, x, r)
+    with torch.no_grad():
+        assert float(loss) == pytest.approx(float(((model.node(x) - r) ** 2).mean()), rel=1e-6)
+    loss.backward()
+    assert model.mlp_node[0].weight.grad is not None
+
+
+# ----------------------------------------------------------------------------- contrastive
+
+
+def test_contrastive_loss_takes_no_labels():
+    params = list(inspect.signature(strat.contrastive_loss).parameters)
+    assert params == ["model", "grid", "cfg"]
+    assert list(inspect.signature(strat.response_curves).parameters) == ["model", "grid"]
+
+
+def _pairwise(emb, a, b):
+    return torch.cdist(emb[a], emb[b]).mean().item()
+
+
+def test_contrastive_groups_by_response(model):
+    """Two sets of metabolites whose MLP_node responses differ: the loss separates them."""
+    n = model.embeddings.shape[0]
+    A, B = torch.arange(0, n, 2), torch.arange(1, n, 2)  # interleaved: not the type blocks
+    torch.manual_seed(5)
+    with torch.no_grad():  # make MLP_node depend strongly on the first embedding coordinate
+        model.mlp_node[0].weight[:, 1].mul_(6.0)
+        emb = 0.6 * torch.randn(n, 2)
+        emb[A, 0] += 1.0
+        emb[B, 0] -= 1.0
+        model.embeddings.copy_(emb)
+    grid = torch.linspace(1.0, 8.0, 16)
+    with torch.no_grad():
+        curves = strat.response_curves(model, grid)
+        assert curves.shape == (n, 16)
+        cc = curves - curves.mean(1, keepdim=True)
+        cc = cc / cc.norm(dim=1, keepdim=True)
+        sim = cc @ cc.T
+    within = (sim[A][:, A].mean() + sim[B][:, B].mean()) / 2
+    assert within > sim[A][:, B].mean() + 0.3, "precondition: the two sets respond differently"
+
+    cfg = _strategies(contrastive={"enabled": True, "temperature": 0.1})
+    node_before = [p.detach().clone() for p in model.mlp_node.parameters()]
+    ratio0 = (_pairwise(model.embeddings.detach(), A, A) + _pairwise(
+        model.embeddings.detach(), B, B)) / 2 / _pairwise(model.embeddings.detach(), A, B)
+    opt = torch.optim.SGD([model.embeddings], lr=0.05)
+    losses = []
+    for _ in range(150):
+        opt.zero_grad()
+        loss = strat.contrastive_loss(model, grid, cfg)
+        loss.backward()
+        for p in model.mlp_node.parameters():  # the loss moves only the embeddings
+            assert p.grad is None or torch.all(p.grad == 0)
+        opt.step()
+        losses.append(loss.item())
+    e = model.embeddings.detach()
+    ratio1 = (_pairwise(e, A, A) + _pairwise(e, B, B)) / 2 / _pairwise(e, A, B)
+    assert losses[-1] < losses[0]
+    assert ratio1 < 0.7 * ratio0, (ratio0, ratio1)
+    for a, b in zip(node_before, model.mlp_node.parameters()):
+        assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------- wiring
+
+
+@pytest.mark.parametrize("name", list(ALL_STRATEGIES))
+def test_each_strategy_changes_training(tiny_phase1, name):
+    """Same seed and data: enabling one strategy changes the trained model."""
+    cfg0, data_root, ckpt, _ = tiny_phase1
+    data = load_training_data(dataset_dir(cfg0, data_root))
+
+    def trained(strategies):
+        d = tiny_dict(**{"training.data_augmentation_loop": 8})
+        d["training"]["strategies"] = copy.deepcopy(strategies)
+        cfg = config_from_dict(d)
+        m = load_phase1_model(ckpt, data, cfg)
+        res = train_phase2(m, data, cfg.training, progress=False)
+        return m, res
+
+    base, rb = trained({})
+    block = copy.deepcopy(ALL_STRATEGIES[name])
+    if name == "curriculum":
+        block["late_step_weighting"] = False  # the length switch alone must matter
+    m, rs = trained({name: block})
+    assert np.all(np.isfinite(rs.losses))
+    same = all(torch.equal(a, b) for a, b in zip(base.state_dict().values(),
+                                                 m.state_dict().values()))
+    assert not same, f"{name} had no effect on training"
