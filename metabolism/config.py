@@ -183,7 +183,7 @@ class TrainingConfig:
     skip_phase1: bool = True
     homeostasis_training: bool = True
     seed: int = 0
-    log_every: int = 50
+    rollout_loss_weight: float = 1.0
     plot_every: int = 0
     strategies: StrategiesConfig = field(default_factory=StrategiesConfig)
 

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,10 +78,15 @@ def ensure_phase1(cfg: Config, data_root: Path, progress: bool = True,
                            model.sub_scale(), truth)
     info = {"rate_constants_R2": r2, "seconds": res.seconds, "final_loss": res.losses[-1],
             "n_steps": cfg.phase1.n_steps}
-    tmp = path.with_suffix(".tmp")
+    # unique temporary names: parallel slot runs may build the same checkpoint at once
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".pt.tmp")
+    os.close(fd)
     torch.save({"state_dict": model.state_dict(), "info": info}, tmp)
     os.replace(tmp, path)
-    info_path.write_text(json.dumps(info, indent=2))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(info, indent=2))
+    os.replace(tmp, info_path)
     _say(f"phase 1: rate_constants_R2 = {r2:.4f} in {res.seconds:.0f} s", quiet)
     return path, info
 

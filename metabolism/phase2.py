@@ -93,7 +93,7 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
                            reaction_grad=strat.reaction_gradient(st))
             w = strat.time_weights(st, length)
             loss_rollout = (((pred - target) ** 2).mean((0, 2)) * w).mean()
-            loss = loss_rollout
+            loss = cfg.rollout_loss_weight * loss_rollout
             if st.residual_supervision.enabled:
                 idx = torch.randint(0, res_x.shape[0], (cfg.batch_size * T,))
                 loss = loss + st.residual_supervision.weight * strat.residual_loss(

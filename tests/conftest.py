@@ -45,7 +45,6 @@ def tiny_dict(**dotted) -> dict:
         "phase1.batch_size": 32,
         "training.homeostasis_time_step": 8,
         "training.data_augmentation_loop": 6,
-        "training.log_every": 1,
     }
     extra.update(dotted)
     for k, v in extra.items():

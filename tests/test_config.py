@@ -136,8 +136,10 @@ def test_frozen_regime(key, value):
 
 
 def test_frozen_regime_explicit_default_values_are_fine():
+    from metabolism.config import Phase1Config
     cfg = config_from_dict({"regime": "default", "simulation": {"n_reactions": 256},
-                            "model": {"hidden_dim_node": 64}, "phase1": {"n_steps": 400}})
+                            "model": {"hidden_dim_node": 64},
+                            "phase1": {"n_steps": Phase1Config().n_steps}})
     assert cfg.simulation.n_reactions == 256
 
 
@@ -171,8 +173,9 @@ def test_hash_changes_with_simulation_only():
 
 
 @pytest.mark.parametrize("slot", [0, 1, 2, 3])
-def test_slot_configs(slot):
-    cfg = load_config(f"slot{slot}.yaml")
+def test_seed_baseline_slot_configs(slot):
+    """The seed's baseline, kept for comparison under configs/seed_baseline/."""
+    cfg = load_config(f"seed_baseline/slot{slot}.yaml")
     assert cfg.slot == slot
     assert cfg.regime == "default"
     assert cfg.training.homeostasis_time_step == {0: 4, 1: 16, 2: 32, 3: 64}[slot]
@@ -183,7 +186,18 @@ def test_slot_configs(slot):
     assert tr.batch_size == 8
     assert tr.freeze_stoichiometry and tr.skip_phase1 and tr.homeostasis_training
     assert cfg.training.strategies.enabled_names() == []
-    assert cfg.source.endswith(f"slot{slot}.yaml")
+    assert cfg.source.endswith(f"seed_baseline/slot{slot}.yaml")
+
+
+@pytest.mark.parametrize("slot", [0, 1, 2, 3])
+def test_default_slot_configs(slot):
+    """The default slot configs: the fixed time step, residual supervision switched on."""
+    cfg = load_config(f"slot{slot}.yaml")
+    assert cfg.slot == slot and cfg.regime == "default"
+    assert cfg.training.homeostasis_time_step == {0: 4, 1: 16, 2: 32, 3: 64}[slot]
+    assert cfg.training.strategies.enabled_names() == ["residual_supervision"]
+    assert 4 <= cfg.training.batch_size <= 32
+    assert 100 <= cfg.training.data_augmentation_loop <= 5000
 
 
 @pytest.mark.parametrize("name", ["slot3", "slot3.yaml"])
