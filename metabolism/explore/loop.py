@@ -26,7 +26,8 @@ from metabolism.explore.tree import FAILED, ROOT, SLOPE_WEIGHT, Node, Tree, clas
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTRUCTION_CANDIDATES = (REPO_ROOT / "seed" / "phase2_homeostasis_instructions.txt",
-                          REPO_ROOT / "shared" / "seed" / "phase2_homeostasis_instructions.txt")
+                          REPO_ROOT / "shared" / "seed" / "phase2_homeostasis_instructions.txt",
+                          REPO_ROOT.parent / "shared" / "seed" / "phase2_homeostasis_instructions.txt")
 
 
 # The tree plot is redrawn after a round only when the round took at least this long (real
