@@ -3,18 +3,12 @@
     python experiments/phase1.py --config slot3.yaml
 """
 
-import argparse
-
-from metabolism.cli import add_config_args, config_from_args, run_main
+from metabolism.cli import parse_config_args, run_main
 from metabolism.experiment import ensure_phase1
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
-    args = parser.parse_args()
-    cfg = config_from_args(args)
+    args, cfg = parse_config_args(__doc__)
     path, info = ensure_phase1(cfg, args.data_root, progress=not args.no_progress)
     print(f"phase 1 checkpoint: {path}")
     print(f"rate_constants_R2: {info['rate_constants_R2']:.4f} "

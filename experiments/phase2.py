@@ -6,18 +6,12 @@ the embeddings, writes analysis.log + plots + checkpoint, and logs everything to
     python experiments/phase2.py --quick          # tiny regime, whole pipeline in seconds
 """
 
-import argparse
-
-from metabolism.cli import add_config_args, config_from_args, run_main
+from metabolism.cli import parse_config_args, run_main
 from metabolism.experiment import run_phase2
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
-    args = parser.parse_args()
-    cfg = config_from_args(args)
+    args, cfg = parse_config_args(__doc__)
     run_phase2(cfg, runs_root=args.runs_root, data_root=args.data_root,
                progress=not args.no_progress)
 

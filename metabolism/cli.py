@@ -37,6 +37,15 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def parse_config_args(doc: str) -> tuple[argparse.Namespace, Config]:
+    """The shared command line of experiments/phase1.py and phase2.py: args and the config."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    args = parser.parse_args()
+    return args, config_from_args(args)
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     overrides: dict = {}
     if args.quick:  # keep the file's training section, shrink everything else

@@ -8,6 +8,7 @@ in it, so no strategy can use them.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -104,7 +105,7 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
             total += loss.item() / accum
             rollout_total += loss_rollout.item() / accum
 
-        if not (torch.isfinite(torch.tensor(total))):
+        if not math.isfinite(total):
             raise DivergenceError(f"phase 2 diverged at update {step} (loss={total}); "
                                   f"last finite loss {result.losses[-1] if result.losses else 'none'}",
                                   result)
