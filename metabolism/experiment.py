@@ -116,10 +116,8 @@ class _Evaluator:
     Holds the ground truth; the trainer only calls it and never sees what it computes.
     """
 
-    def __init__(self, run_dir: Path, data: TrainingData, truth: GroundTruth, cfg: Config,
-                 client, run_id: str):
+    def __init__(self, run_dir: Path, data: TrainingData, truth: GroundTruth, cfg: Config):
         self.run_dir, self.data, self.truth, self.cfg = run_dir, data, truth, cfg
-        self.client, self.run_id = client, run_id
         self.plots: dict[str, Path] = {}
         self.metrics: dict[str, float] = {}
         self.sweep = None
@@ -143,10 +141,10 @@ class _Evaluator:
             metrics["embedding_cluster_acc"], tmp / "embedding" / f"embedding_p2_{step}.png")
 
 
-def _log_loss_curve(client, run_id: str, name: str, losses: list[float], start: int) -> None:
+def _log_loss_curve(client, run_id: str, name: str, losses: list[float]) -> None:
     """Per-update losses in batches of 1000 (one MLflow call each, not one per step)."""
     ts = int(time.time() * 1000)
-    ms = [Metric(name, float(v), ts, start + i) for i, v in enumerate(losses[start:])
+    ms = [Metric(name, float(v), ts, i) for i, v in enumerate(losses)
           if np.isfinite(v)]
     for i in range(0, len(ms), 1000):
         client.log_batch(run_id, metrics=ms[i:i + 1000])
@@ -207,7 +205,7 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
              f"'{cfg.tracking.experiment}', store {tracking.tracking_uri()})", quiet)
         tracking.log_params_flat(cfg.flat())
         model = load_phase1_model(ckpt, data, cfg)
-        evaluator = _Evaluator(run_dir, data, truth, cfg, client, run_id)
+        evaluator = _Evaluator(run_dir, data, truth, cfg)
         eval_every = tr.plot_every or max(1, tr.data_augmentation_loop // 4)
         result = partial = None
         try:
@@ -220,7 +218,7 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
             done = result or partial
             losses = done.losses if done else []
             if losses:
-                _log_loss_curve(client, run_id, "phase2_train_loss", losses, 0)
+                _log_loss_curve(client, run_id, "phase2_train_loss", losses)
                 evaluator.plots["loss"] = plots.plot_loss(losses, run_dir / "tmp_training" / "loss.png")
             if result is None and (run_dir / "tmp_training").exists():
                 mlflow.log_artifacts(str(run_dir / "tmp_training"), "tmp_training")

@@ -18,6 +18,7 @@ difference is not the model's dc/dt.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -71,11 +72,11 @@ class LinearSystem:
         self.J = order
         self.mask = torch.gather(nz, 1, order)
         self.SJ = torch.gather(S, 1, order) * self.mask  # S_ij on the block, 0 on padding
-        n_extra = 2 if drift else 0
+        self.S = S
         metab = torch.arange(self.N)
         cols = [self.J] + ([self.R + metab[:, None], self.R + self.N + metab[:, None]]
                            if drift else [])
-        self.cols = torch.cat(cols, 1)  # (N, P + n_extra) unknown index per block column
+        self.cols = torch.cat(cols, 1)  # (N, P [+ 2]) unknown index per block column
         self.n_unknowns = self.R + (2 * self.N if drift else 0)
 
     def solve(self, G: torch.Tensor, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
@@ -107,10 +108,7 @@ class LinearSystem:
 
     def predict(self, G, x, sol):
         k, e, d = self.split(sol)
-        S = torch.zeros(self.N, self.R, dtype=torch.float64)
-        S[torch.arange(self.N)[:, None].expand_as(self.J)[self.mask], self.J[self.mask]] = \
-            self.SJ[self.mask]
-        return (G.double() * k) @ S.T + x.double() * e + d
+        return (G.double() * k) @ self.S.T + x.double() * e + d
 
 
 def rates_to_log10(k: torch.Tensor) -> torch.Tensor:
@@ -126,15 +124,12 @@ def rates_to_log10(k: torch.Tensor) -> torch.Tensor:
 def _features(model: MetabolismModel, x: torch.Tensor) -> torch.Tensor:
     """G_tj = prod MLP_sub over the substrates of j (reaction rates with k = 1)."""
     fr = model.reactions()
-    unit = type(fr)(**{**fr.__dict__, "log10_k": torch.zeros_like(fr.log10_k)})
-    return reaction_rates(x, unit)
+    return reaction_rates(x, dataclasses.replace(fr, log10_k=torch.zeros_like(fr.log10_k)))
 
 
-def _fit(model, x, y, w_all, cfg: Phase1Config, n_steps: int, total_steps: int,
-         step0: int, opt, bar=None) -> list[float]:
+def _fit(model, x, y, w_all, cfg: Phase1Config, warmup: LinearSystem, system: LinearSystem,
+         n_steps: int, total_steps: int, step0: int, opt, bar=None) -> list[float]:
     """Adam on MLP_sub through the least-squares k (and drift after the warm-up)."""
-    warmup = LinearSystem(model.S, drift=False)
-    system = LinearSystem(model.S, cfg.drift_correction)
     # The drift is switched on only after a warm-up: from the start it lets a flat MLP_sub
     # (constant rates + drift) pass for a fit.
     n_warmup = int(cfg.drift_warmup_fraction * total_steps) if cfg.drift_correction else 0
@@ -172,6 +167,8 @@ def train_phase1(model: MetabolismModel, data: TrainingData, cfg: Phase1Config,
     torch.manual_seed(cfg.seed)
     x, y = finite_difference_targets(data)
     w_all = relative_weights(y, cfg.relative_weight_floor)
+    warmup = LinearSystem(model.S, drift=False)
+    system = LinearSystem(model.S, cfg.drift_correction)
     start = time.perf_counter()
     total = cfg.n_steps
     n_trial = min(cfg.restart_trial_steps, total)
@@ -184,7 +181,7 @@ def train_phase1(model: MetabolismModel, data: TrainingData, cfg: Phase1Config,
             if isinstance(m, torch.nn.Linear):
                 m.reset_parameters()
         opt = torch.optim.Adam(model.mlp_sub.parameters(), lr=cfg.learning_rate_sub)
-        losses = _fit(model, x, y, w_all, cfg, n_trial, total, 0, opt, bar)
+        losses = _fit(model, x, y, w_all, cfg, warmup, system, n_trial, total, 0, opt, bar)
         score = float(sum(losses[-10:]) / len(losses[-10:]))
         if best is None or score < best[0]:
             best = (score, copy.deepcopy(model.mlp_sub.state_dict()),
@@ -193,10 +190,10 @@ def train_phase1(model: MetabolismModel, data: TrainingData, cfg: Phase1Config,
     model.mlp_sub.load_state_dict(sub_state)
     opt = torch.optim.Adam(model.mlp_sub.parameters(), lr=cfg.learning_rate_sub)
     opt.load_state_dict(opt_state)
-    losses = losses + _fit(model, x, y, w_all, cfg, total - n_trial, total, n_trial, opt, bar)
+    losses = losses + _fit(model, x, y, w_all, cfg, warmup, system, total - n_trial, total,
+                           n_trial, opt, bar)
     bar.close()
     with torch.no_grad():  # final k: least squares on the whole trajectory
-        system = LinearSystem(model.S, cfg.drift_correction)
         G = torch.cat([_features(model, xc) for xc in x.split(512)])
         k, _, _ = system.split(system.solve(G, x, y, w_all))
         model.log10_k.copy_(rates_to_log10(k).float())
