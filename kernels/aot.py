@@ -31,19 +31,25 @@ H100_MAX_SHARED = 232448
 
 
 def compile_kernels(arch: int = 90, dtype: str = "float32", *, hidden: int = 64,
-                    layers: int = 3, substrate_slots: int = 2, n_metabolites: int = 100,
+                    hidden_sub: int | None = None, layers: int = 3, substrate_slots: int = 2,
+                    n_metabolites: int = 100,
                     n_reactions: int = 256, reaction_grad: bool = True,
-                    kernels: tuple[str, ...] = ("forward", "backward")) -> dict:
+                    kernels: tuple[str, ...] = ("forward", "backward"),
+                    num_warps: int | None = None, block_n: int | None = None,
+                    prec: str | None = None) -> dict:
     """{'forward': CompiledKernel, 'backward': CompiledKernel} for cuda sm_<arch>.
 
-    Block sizes are the ones the launcher would pick for these sizes and dtype.
+    Block sizes, precision and warps are the launcher's (kernels.triton_rollout.TUNING) unless
+    given; hidden_sub defaults to hidden.
     """
     target = GPUTarget("cuda", arch, 32)
     tl_dtype = tr.tl.float32 if dtype == "float32" else tr.tl.float64
-    block_n, block_r = tr.block_sizes(n_metabolites, n_reactions, getattr(tr.torch, dtype))
-    hidden = tr._pow2(hidden)
-    common = dict(M=substrate_slots, LN=layers, HN=hidden, LS=layers, HS=hidden,
-                  BLOCK_N=block_n, BLOCK_R=block_r, PREC="ieee", DT=tl_dtype)
+    bn, block_r = tr.block_sizes(n_metabolites, n_reactions, getattr(tr.torch, dtype))
+    block_n = block_n or bn
+    hidden, hidden_sub = tr._pow2(hidden), tr._pow2(hidden_sub or hidden)
+    common = dict(M=substrate_slots, LN=layers, HN=hidden, LS=layers, HS=hidden_sub,
+                  BLOCK_N=block_n, BLOCK_R=block_r,
+                  PREC=prec or tr._prec(getattr(tr.torch, dtype)), DT=tl_dtype)
     ints = {"gidx_ptr", "ell_rxn_ptr", "st_idx_ptr", "use_ptr"}
     out = {}
     for name, kernel, extra in (("forward", tr.rollout_fwd_kernel, {}),
@@ -55,5 +61,6 @@ def compile_kernels(arch: int = 90, dtype: str = "float32", *, hidden: int = 64,
         src = triton.compiler.ASTSource(fn=kernel, signature=_signature(kernel, dtype, ints,
                                                                         constexprs),
                                         constexprs=constexprs)
-        out[name] = triton.compile(src, target=target)
+        warps = num_warps or tr.TUNING[getattr(tr.torch, dtype)]["num_warps"]
+        out[name] = triton.compile(src, target=target, options={"num_warps": warps})
     return out

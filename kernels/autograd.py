@@ -72,12 +72,23 @@ def reaction_plan(frozen: FrozenReactions, dtype, device) -> ReactionPlan:
     return plan
 
 
+def _check_mlp(name: str, layers: Layers, n_in: int) -> None:
+    """The kernels' MLP form: >= 2 layers, n_in inputs, one output."""
+    if len(layers) < 2:
+        raise ValueError(f"fused rollout needs {name} with >= 2 layers, got {len(layers)}")
+    if layers[0][0].shape[1] != n_in or layers[-1][0].shape[0] != 1:
+        raise ValueError(f"fused rollout needs {name} mapping {n_in} inputs to 1 output, got "
+                         f"{layers[0][0].shape[1]} -> {layers[-1][0].shape[0]}")
+
+
 def fused_euler_rollout(c0: torch.Tensor, embeddings: torch.Tensor, node_layers: Layers,
                         frozen: FrozenReactions, dt: float, n_steps: int, node_scale: float = 1.0,
                         reaction_grad: bool = True) -> torch.Tensor:
     """Same contract as euler_rollout_reference, computed by the fused Triton kernels."""
     if c0.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"fused rollout supports float32/float64 states, got {c0.dtype}")
+    _check_mlp("MLP_node", node_layers, 1 + embeddings.shape[1])
+    _check_mlp("MLP_sub", frozen.sub_layers, 2)
     plan = reaction_plan(frozen, c0.dtype, c0.device)
     flat = [t for wb in node_layers for t in wb]
     return FusedEulerRollout.apply(plan, float(dt), int(n_steps), float(node_scale),

@@ -12,8 +12,11 @@ by other threads of the same program). The reaction scatter S v is a gather over
 each metabolite's reactions, so it needs no atomics and is deterministic.
 
 MLPs are packed into zero-padded (L, H, H) weight / (L, H) bias tensors, H a power of two >= 16
-(tl.dot's minimum), so any hidden width, input width (1 + D) and depth works; zero padding keeps the
-padded units at exactly 0 through tanh.
+(tl.dot's minimum), so any hidden width, input width (1 + D) and depth L >= 2 works; zero padding
+keeps the padded units at exactly 0 through tanh. Only the H x H hidden layers are matmuls: the
+first layer (1 + D or 2 real inputs) is a rank-1 update plus a per-row base, and the scalar output
+layer a row dot product, which cuts the matmul work 3x for L = 3 and keeps registers in bounds.
+float32 matmuls use 3xTF32 tensor-core products (float32-level accuracy, see TUNING).
 """
 
 from __future__ import annotations
@@ -46,86 +49,112 @@ def _load_wt(w_ptr, l: tl.constexpr, H: tl.constexpr):
 
 
 @triton.jit
-def _mlp_out(x, w_ptr, b_ptr, L: tl.constexpr, H: tl.constexpr, PREC: tl.constexpr,
-             DT: tl.constexpr):
-    """First output column of the tanh MLP on rows x (BLOCK, H)."""
-    offs = tl.arange(0, H)
-    for l in tl.static_range(L):
-        h = tl.dot(x, _load_wt(w_ptr, l, H), input_precision=PREC, out_dtype=DT)
-        h = h + tl.load(b_ptr + l * H + offs)[None, :]
-        if l < L - 1:
-            x = _tanh(h)
-        else:
-            x = h
-    return tl.sum(tl.where(offs[None, :] == 0, x, 0.0), axis=1)
+def _col(w_ptr, i, H: tl.constexpr):
+    """Column i of the first layer's W, (H_out,): the weights of input feature i."""
+    return tl.load(w_ptr + tl.arange(0, H) * H + i)
 
 
 @triton.jit
-def _mlp_out_jvp(x, w_ptr, b_ptr, L: tl.constexpr, H: tl.constexpr, PREC: tl.constexpr,
-                 DT: tl.constexpr):
-    """(output, d output / d x[:, 0]) via forward-mode: tangent e_0 pushed through every layer."""
-    offs = tl.arange(0, H)
-    tx = tl.where(offs[None, :] == 0, 1.0, tl.zeros_like(x))
-    for l in tl.static_range(L):
-        wt = _load_wt(w_ptr, l, H)
-        h = tl.dot(x, wt, input_precision=PREC, out_dtype=DT)
-        h = h + tl.load(b_ptr + l * H + offs)[None, :]
-        th = tl.dot(tx, wt, input_precision=PREC, out_dtype=DT)
-        if l < L - 1:
-            x = _tanh(h)
-            tx = th * (1.0 - x * x)
-        else:
-            x = h
-            tx = th
-    first = offs[None, :] == 0
-    return tl.sum(tl.where(first, x, 0.0), axis=1), tl.sum(tl.where(first, tx, 0.0), axis=1)
+def _hidden(c, base, w_ptr, b_ptr, K: tl.constexpr, H: tl.constexpr, PREC: tl.constexpr,
+            DT: tl.constexpr):
+    """Activation after the first layer and K hidden H x H layers, rows (BLOCK, H).
 
-
-@triton.jit
-def _mlp_backward(x0, g_out, w_ptr, b_ptr, gw_ptr, gb_ptr, L: tl.constexpr, H: tl.constexpr,
-                  PREC: tl.constexpr, DT: tl.constexpr):
-    """Backprop g_out (BLOCK,) = dLoss/d output through the MLP at rows x0 (BLOCK, H).
-
-    Adds dW, db into this program's (L, H, H) / (L, H) accumulators and returns dLoss/dx0.
-    Layer inputs are recomputed (O(L^2) small matmuls) instead of being spilled to memory.
+    The first layer has 1 + D (or 2) real inputs, so it is a rank-1 update c * W[:, 0] plus
+    `base` (bias + the inputs that are not c, computed by the caller) rather than a padded matmul.
     """
     offs = tl.arange(0, H)
-    g = tl.where(offs[None, :] == 0, g_out[:, None], tl.zeros_like(x0))
-    for ll in tl.static_range(L):
-        # layer index L-1-ll, spelled out so it stays a compile-time constant
-        x = x0
-        for k in tl.static_range(L - 1 - ll):
-            h = tl.dot(x, _load_wt(w_ptr, k, H), input_precision=PREC, out_dtype=DT)
-            x = _tanh(h + tl.load(b_ptr + k * H + offs)[None, :])
-        gw = tl.dot(tl.trans(g), x, input_precision=PREC, out_dtype=DT)  # (H_out, H_in)
-        wp = gw_ptr + (L - 1 - ll) * H * H + offs[:, None] * H + offs[None, :]
+    a = _tanh(c[:, None] * _col(w_ptr, 0, H)[None, :] + base)
+    for k in tl.static_range(1, K + 1):
+        h = tl.dot(a, _load_wt(w_ptr, k, H), input_precision=PREC, out_dtype=DT)
+        a = _tanh(h + tl.load(b_ptr + k * H + offs)[None, :])
+    return a
+
+
+@triton.jit
+def _head(a, w_ptr, b_ptr, L: tl.constexpr, H: tl.constexpr):
+    """The scalar output layer (row 0 of layer L-1) as a row dot product, (BLOCK,)."""
+    offs = tl.arange(0, H)
+    w = tl.load(w_ptr + (L - 1) * H * H + offs)
+    return tl.sum(a * w[None, :], axis=1) + tl.load(b_ptr + (L - 1) * H)
+
+
+@triton.jit
+def _mlp_out(c, base, w_ptr, b_ptr, L: tl.constexpr, H: tl.constexpr, PREC: tl.constexpr,
+             DT: tl.constexpr):
+    """The tanh MLP's scalar output for rows whose first input is c (see _hidden for base)."""
+    return _head(_hidden(c, base, w_ptr, b_ptr, L - 2, H, PREC, DT), w_ptr, b_ptr, L, H)
+
+
+@triton.jit
+def _mlp_out_jvp(c, base, w_ptr, b_ptr, L: tl.constexpr, H: tl.constexpr, PREC: tl.constexpr,
+                 DT: tl.constexpr):
+    """(output, d output / d c) via forward mode: the tangent of c pushed through every layer."""
+    offs = tl.arange(0, H)
+    w0 = _col(w_ptr, 0, H)[None, :]
+    a = _tanh(c[:, None] * w0 + base)
+    ta = (1.0 - a * a) * w0
+    for k in tl.static_range(1, L - 1):
+        wt = _load_wt(w_ptr, k, H)
+        a = _tanh(tl.dot(a, wt, input_precision=PREC, out_dtype=DT)
+                  + tl.load(b_ptr + k * H + offs)[None, :])
+        ta = tl.dot(ta, wt, input_precision=PREC, out_dtype=DT) * (1.0 - a * a)
+    w = tl.load(w_ptr + (L - 1) * H * H + offs)[None, :]
+    return tl.sum(a * w, axis=1) + tl.load(b_ptr + (L - 1) * H), tl.sum(ta * w, axis=1)
+
+
+@triton.jit
+def _mlp_backward(c, base, a, gy, w_ptr, b_ptr, gw_ptr, gb_ptr, L: tl.constexpr,
+                  H: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr):
+    """Backprop gy (BLOCK,) = dLoss/d output; a = _hidden(c, base, ..., L-2) from the forward.
+
+    Adds the gradients of layers 1..L-1 and of the first bias into this program's (L, H, H) /
+    (L, H) accumulators and returns dLoss/d(first-layer pre-activation) (BLOCK, H): the caller
+    turns it into the first layer's weight columns and the input gradients it needs.
+    Earlier activations are recomputed (O(L^2) matmuls; one for L = 3) rather than stored.
+    """
+    offs = tl.arange(0, H)
+    lw = gw_ptr + (L - 1) * H * H + offs
+    tl.store(lw, tl.load(lw) + tl.sum(gy[:, None] * a, axis=0))
+    lb = gb_ptr + (L - 1) * H
+    tl.store(lb, tl.load(lb) + tl.sum(gy, axis=0))
+    ga = gy[:, None] * tl.load(w_ptr + (L - 1) * H * H + offs)[None, :]
+    for kk in tl.static_range(L - 2):
+        # hidden layer k = L-2-kk, spelled out so it stays a compile-time constant
+        gpre = ga * (1.0 - a * a)
+        a = _hidden(c, base, w_ptr, b_ptr, L - 3 - kk, H, PREC, DT)
+        gw = tl.dot(tl.trans(gpre), a, input_precision=PREC, out_dtype=DT)  # (H_out, H_in)
+        wp = gw_ptr + (L - 2 - kk) * H * H + offs[:, None] * H + offs[None, :]
         tl.store(wp, tl.load(wp) + gw)
-        bp = gb_ptr + (L - 1 - ll) * H + offs
-        tl.store(bp, tl.load(bp) + tl.sum(g, axis=0))
-        w = tl.load(w_ptr + (L - 1 - ll) * H * H + offs[:, None] * H + offs[None, :])
-        gx = tl.dot(g, w, input_precision=PREC, out_dtype=DT)  # (BLOCK, H_in)
-        if L - 1 - ll > 0:
-            g = gx * (1.0 - x * x)
-        else:
-            g = gx
-    return g
+        bp = gb_ptr + (L - 2 - kk) * H + offs
+        tl.store(bp, tl.load(bp) + tl.sum(gpre, axis=0))
+        w = tl.load(w_ptr + (L - 2 - kk) * H * H + offs[:, None] * H + offs[None, :])
+        ga = tl.dot(gpre, w, input_precision=PREC, out_dtype=DT)  # (BLOCK, H_in)
+    gpre = ga * (1.0 - a * a)
+    tl.store(gb_ptr + offs, tl.load(gb_ptr + offs) + tl.sum(gpre, axis=0))
+    return gpre
 
 
 @triton.jit
-def _node_input(c, emb_ptr, rows, rmask, D, H: tl.constexpr):
-    """Rows [c_n, a_n, 0...] (BLOCK, H) for MLP_node."""
-    cols = tl.arange(0, H)
-    emask = rmask[:, None] & (cols[None, :] >= 1) & (cols[None, :] <= D)
-    e = tl.load(emb_ptr + rows[:, None] * D + (cols[None, :] - 1), mask=emask, other=0.0)
-    return tl.where(cols[None, :] == 0, c[:, None], e)
+def _add_col(gw_ptr, i, v, H: tl.constexpr):
+    """First layer's weight column i += v (H,)."""
+    p = gw_ptr + tl.arange(0, H) * H + i
+    tl.store(p, tl.load(p) + v)
 
 
 @triton.jit
-def _sub_input(c, cu, H: tl.constexpr):
-    """Rows [c_n, |s|_u, 0...] (BLOCK, H) for MLP_sub."""
-    cols = tl.arange(0, H)
-    z = tl.zeros([c.shape[0], H], dtype=c.dtype)
-    return tl.where(cols[None, :] == 0, c[:, None], tl.where(cols[None, :] == 1, cu, z))
+def _node_base(emb_ptr, rows, rm, D, w_ptr, b_ptr, H: tl.constexpr, DT: tl.constexpr):
+    """First-layer pre-activation of MLP_node without the c term: b0 + sum_d a_nd W0[:, 1+d]."""
+    base = tl.zeros([rows.shape[0], H], dtype=DT) + tl.load(b_ptr + tl.arange(0, H))[None, :]
+    for d in range(D):
+        e = tl.load(emb_ptr + rows * D + d, mask=rm, other=0.0)
+        base += e[:, None] * _col(w_ptr, 1 + d, H)[None, :]
+    return base
+
+
+@triton.jit
+def _sub_base(cu, w_ptr, b_ptr, H: tl.constexpr):
+    """First-layer pre-activation of MLP_sub without the c term: b0 + |s|_u W0[:, 1], (1, H)."""
+    return (tl.load(b_ptr + tl.arange(0, H)) + cu * _col(w_ptr, 1, H))[None, :]
 
 
 @triton.jit
@@ -139,12 +168,12 @@ def _rates(prev, tab_b, v_b, dtab_b, sw_ptr, sb_ptr, coeff_ptr, gidx_ptr, k_ptr,
         rm = rows < N
         c = tl.load(prev + rows, mask=rm, other=0.0)
         for u in range(U):
-            x = _sub_input(c, tl.load(coeff_ptr + u), HS)
+            base = _sub_base(tl.load(coeff_ptr + u), sw_ptr, sb_ptr, HS)
             if WITH_JVP:
-                y, dy = _mlp_out_jvp(x, sw_ptr, sb_ptr, LS, HS, PREC, DT)
+                y, dy = _mlp_out_jvp(c, base, sw_ptr, sb_ptr, LS, HS, PREC, DT)
                 tl.store(dtab_b + rows * U + u, dy, mask=rm)
             else:
-                y = _mlp_out(x, sw_ptr, sb_ptr, LS, HS, PREC, DT)
+                y = _mlp_out(c, base, sw_ptr, sb_ptr, LS, HS, PREC, DT)
             tl.store(tab_b + rows * U + u, y, mask=rm)
     tl.debug_barrier()
     for r0 in range(0, R, BLOCK_R):
@@ -200,8 +229,8 @@ def rollout_fwd_kernel(
             rm = rows < N
             c = tl.load(prev + rows, mask=rm, other=0.0)
             rdc = _reaction_dcdt(v_b, ell_rxn_ptr, ell_val_ptr, rows, rm, Q, c)
-            node = _mlp_out(_node_input(c, emb_ptr, rows, rm, D, HN), nw_ptr, nb_ptr, LN, HN,
-                            PREC, DT)
+            base = _node_base(emb_ptr, rows, rm, D, nw_ptr, nb_ptr, HN, DT)
+            node = _mlp_out(c, base, nw_ptr, nb_ptr, LN, HN, PREC, DT)
             z = c + dt * (rdc + scale * node)
             tl.store(traj_b + t * N + rows, tl.maximum(z, 0.0), mask=rm)
         tl.debug_barrier()
@@ -237,7 +266,6 @@ def rollout_bwd_kernel(
     gemb_b = gemb_ptr + b * N * D
     gw_b = gw_ptr + b * LN * HN * HN
     gb_b = gb_ptr + b * LN * HN
-    cols = tl.arange(0, HN)
     for tt in range(T):
         t = T - 1 - tt
         if t == 0:
@@ -251,19 +279,26 @@ def rollout_bwd_kernel(
             rm = rows < N
             c = tl.load(prev + rows, mask=rm, other=0.0)
             rdc = _reaction_dcdt(v_b, ell_rxn_ptr, ell_val_ptr, rows, rm, Q, c)
-            x0 = _node_input(c, emb_ptr, rows, rm, D, HN)
-            node = _mlp_out(x0, nw_ptr, nb_ptr, LN, HN, PREC, DT)
+            base = _node_base(emb_ptr, rows, rm, D, nw_ptr, nb_ptr, HN, DT)
+            a = _hidden(c, base, nw_ptr, nb_ptr, LN - 2, HN, PREC, DT)
+            node = _head(a, nw_ptr, nb_ptr, LN, HN)
             z = c + dt * (rdc + scale * node)
-            a = tl.load(adj_b + rows, mask=rm, other=0.0) + tl.load(gout_b + t * N + rows,
-                                                                     mask=rm, other=0.0)
-            gz = tl.where(z >= 0, a, 0.0)  # torch.clamp(min=0) passes grad where input >= 0
+            a_out = tl.load(adj_b + rows, mask=rm, other=0.0) + tl.load(gout_b + t * N + rows,
+                                                                         mask=rm, other=0.0)
+            gz = tl.where(z >= 0, a_out, 0.0)  # torch.clamp(min=0) passes grad where input >= 0
             if REACTION_GRAD:
                 tl.store(gz_b + rows, gz, mask=rm)
-            gx = _mlp_backward(x0, gz * (dt * scale), nw_ptr, nb_ptr, gw_b, gb_b, LN, HN, PREC, DT)
-            emask = rm[:, None] & (cols[None, :] >= 1) & (cols[None, :] <= D)
-            ep = gemb_b + rows[:, None] * D + (cols[None, :] - 1)
-            tl.store(ep, tl.load(ep, mask=emask, other=0.0) + gx, mask=emask)
-            gc = tl.sum(tl.where(cols[None, :] == 0, gx, 0.0), axis=1)
+            gpre = _mlp_backward(c, base, a, gz * (dt * scale), nw_ptr, nb_ptr, gw_b, gb_b, LN,
+                                 HN, PREC, DT)
+            # first layer: input 0 is c, inputs 1..D the embedding (rows past N have gpre = 0)
+            _add_col(gw_b, 0, tl.sum(gpre * c[:, None], axis=0), HN)
+            gc = tl.sum(gpre * _col(nw_ptr, 0, HN)[None, :], axis=1)
+            for d in range(D):
+                e = tl.load(emb_ptr + rows * D + d, mask=rm, other=0.0)
+                _add_col(gw_b, 1 + d, tl.sum(gpre * e[:, None], axis=0), HN)
+                ep = gemb_b + rows * D + d
+                ge = tl.sum(gpre * _col(nw_ptr, 1 + d, HN)[None, :], axis=1)
+                tl.store(ep, tl.load(ep, mask=rm, other=0.0) + ge, mask=rm)
             tl.store(adj_b + rows, gz + gc, mask=rm)
             tl.debug_barrier()
         if REACTION_GRAD:
@@ -387,20 +422,24 @@ class ReactionPlan:
                    N=N, R=R, M=M, U=U, LS=len(fr.sub_layers), HS=HS)
 
 
+# Launch settings, per dtype; module-level so benchmarks/sweep_fused.py can try others.
+# float32: 3xTF32 tensor-core products (float32-level accuracy; plain fp32 FMA dots of 64-wide
+# tiles spill thousands of registers to local memory on sm_90). float64: exact FMA products,
+# smaller tiles (fp64 tiles take twice the registers and shared memory).
+TUNING = {
+    torch.float32: dict(prec="tf32x3", block_n=32, block_r=256, num_warps=4),
+    torch.float64: dict(prec="ieee", block_n=16, block_r=64, num_warps=4),
+}
+
+
 def _prec(dtype) -> str:
-    """Exact fp32 products (no TF32): the rollout compounds errors over T steps."""
-    return "ieee"
-
-
-# Largest row blocks per dtype. fp64 tiles take twice the shared memory; with 64-wide MLPs the
-# fp64 backward only fits the H100's 227 KiB of shared memory per CTA at these smaller blocks.
-MAX_BLOCKS = {torch.float32: (64, 256), torch.float64: (16, 64)}
+    return TUNING[dtype]["prec"]
 
 
 def block_sizes(N: int, R: int, dtype) -> tuple[int, int]:
     """(BLOCK_N, BLOCK_R) for N metabolites, R reactions."""
-    bn, br = MAX_BLOCKS[dtype]
-    return min(_pow2(N), bn), min(_pow2(R), br)
+    t = TUNING[dtype]
+    return min(_pow2(N), t["block_n"]), min(_pow2(R), t["block_r"])
 
 
 # Test hook: when not None, every buffer the kernels must fully overwrite (outputs and scratch)
@@ -431,7 +470,8 @@ def rollout_forward(c0: torch.Tensor, emb: torch.Tensor, node_w: torch.Tensor,
         plan.k, plan.ell_rxn, plan.ell_val, tab, v,
         N, plan.R, n_steps, plan.U, emb.shape[1], plan.ell_rxn.shape[1],
         M=plan.M, LN=node_w.shape[0], HN=node_w.shape[1], LS=plan.LS, HS=plan.HS,
-        BLOCK_N=BN, BLOCK_R=BR, PREC=_prec(dtype), DT=_tl_dtype(dtype))
+        BLOCK_N=BN, BLOCK_R=BR, PREC=_prec(dtype), DT=_tl_dtype(dtype),
+        num_warps=TUNING[dtype]["num_warps"])
     return traj
 
 
@@ -464,7 +504,8 @@ def rollout_backward(c0, emb, traj, grad_traj, node_w, node_b, plan: ReactionPla
         plan.use, tab, dtab, v, gz, gfac, adj, gc0, gemb, gw, gb,
         N, R, T, U, D, plan.ell_rxn.shape[1], plan.st_idx.shape[1], plan.use.shape[1],
         M=M, LN=LN, HN=HN, LS=plan.LS, HS=plan.HS, BLOCK_N=BN, BLOCK_R=BR,
-        REACTION_GRAD=bool(reaction_grad), PREC=_prec(dtype), DT=_tl_dtype(dtype))
+        REACTION_GRAD=bool(reaction_grad), PREC=_prec(dtype), DT=_tl_dtype(dtype),
+        num_warps=TUNING[dtype]["num_warps"])
     return gc0, gemb.sum(0), gw.sum(0), gb.sum(0)
 
 
