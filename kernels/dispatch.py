@@ -36,13 +36,30 @@ def available_backends() -> list[str]:
     return out
 
 
+# The fused kernels run one CTA per sample, so a sample's N metabolites are processed serially.
+# Measured on an H100 (benchmarks/README.md): the fused kernel wins at N <= 1000 for every B and
+# at N = 10000 with B = 1024, and loses to the eager reference (1.6-3x) at N = 10000 with B <= 64,
+# where the batch does not fill the GPU's multiprocessors.
+FUSED_MAX_SERIAL_N = 2048
+
+
+def fused_pays_off(batch: int, n_metabolites: int, sm_count: int) -> bool:
+    """'auto' picks the fused kernel unless a large network meets a batch too small for the GPU."""
+    return n_metabolites <= FUSED_MAX_SERIAL_N or batch >= sm_count
+
+
 def resolve_backend(c0: torch.Tensor, backend: str | None = None) -> str:
     """'torch' or 'triton' for these inputs; raises ValueError on an unusable request."""
     name = (backend if backend is not None else os.environ.get(ENV_VAR, "auto")).strip().lower()
     if name not in BACKENDS:
         raise ValueError(f"unknown rollout backend {name!r}; expected one of {BACKENDS}")
     if name == "auto":
-        return "triton" if c0.is_cuda and _triton_importable() else "torch"
+        if not (c0.is_cuda and _triton_importable()):
+            return "torch"
+        if getattr(c0, "dim", lambda: 0)() == 2:
+            sms = torch.cuda.get_device_properties(c0.device).multi_processor_count
+            return "triton" if fused_pays_off(c0.shape[0], c0.shape[1], sms) else "torch"
+        return "triton"
     if name == "triton":
         if not _triton_importable():
             raise ValueError("rollout backend 'triton' requested but triton is not importable")

@@ -127,3 +127,29 @@ def test_auto_picks_triton_for_cuda_tensors(monkeypatch):
     monkeypatch.delenv("METABOLISM_ROLLOUT_BACKEND", raising=False)
     assert resolve_backend(SimpleNamespace(is_cuda=True, device="cuda:0")) == "triton"
     assert resolve_backend(SimpleNamespace(is_cuda=True, device="cuda:0"), "torch") == "torch"
+
+
+def test_fused_rollout_rejects_mlps_outside_its_form():
+    """The kernels treat layer 0 as (1 + D or 2) -> H and the last as H -> 1; anything else is a
+    clear error before any launch, not a silently wrong trajectory."""
+    pytest.importorskip("triton")
+    from kernels.autograd import fused_euler_rollout
+
+    p = random_problem(7, 9, 1, seed=0, hidden_node=5, hidden_sub=5)
+    one_layer = [(torch.randn(1, 3, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))]
+    with pytest.raises(ValueError, match="MLP_node with >= 2 layers"):
+        fused_euler_rollout(p.c0, p.embeddings, one_layer, p.frozen, 0.1, 2)
+    wide_out = p.node_layers[:-1] + [(torch.randn(2, 5, dtype=torch.float64),
+                                      torch.zeros(2, dtype=torch.float64))]
+    with pytest.raises(ValueError, match="MLP_node mapping 3 inputs to 1 output"):
+        fused_euler_rollout(p.c0, p.embeddings, wide_out, p.frozen, 0.1, 2)
+
+
+def test_auto_keeps_the_reference_where_the_fused_kernel_measured_slower():
+    """One CTA per sample: at N = 10000 with B = 8 or 64 the H100 ran the eager reference faster;
+    at N <= 1000, or once the batch fills the multiprocessors, the fused kernel won."""
+    from kernels.dispatch import fused_pays_off
+
+    assert fused_pays_off(8, 100, 132) and fused_pays_off(8, 1000, 132)
+    assert not fused_pays_off(8, 10000, 132) and not fused_pays_off(64, 10000, 132)
+    assert fused_pays_off(1024, 10000, 132)
