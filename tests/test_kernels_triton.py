@@ -1,8 +1,10 @@
-"""Fused Triton rollout vs the torch reference, run by the Triton interpreter on CPU tensors.
+"""Fused Triton rollout vs the torch reference: compiled on a CUDA GPU, else interpreted on CPU.
 
-TRITON_INTERPRET must be set before triton.jit decorates the kernels, so under a normal test run
-this module spawns itself in a subprocess with TRITON_INTERPRET=1 (the rest of the suite never
-sees the variable). Run directly with `TRITON_INTERPRET=1 python -m pytest tests/test_kernels_triton.py`.
+Without a GPU, TRITON_INTERPRET must be set before triton.jit decorates the kernels, so under a
+normal test run this module spawns itself in a subprocess with TRITON_INTERPRET=1 (the rest of the
+suite never sees the variable). Run directly with
+`TRITON_INTERPRET=1 python -m pytest tests/test_kernels_triton.py`. With a GPU (and the variable
+unset) the same cases run compiled on CUDA tensors, plus the default-regime and N=1000 sizes.
 Each case draws a fresh seed (override with KERNEL_TEST_SEED) and reports it on failure.
 """
 
@@ -17,9 +19,11 @@ import pytest
 import torch
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+ON_GPU = torch.cuda.is_available() and not INTERPRETED
+DEVICE = "cuda" if ON_GPU else "cpu"
 ROOT = Path(__file__).resolve().parents[1]
 
-if not INTERPRETED:
+if not INTERPRETED and not ON_GPU:
 
     def test_triton_kernels_in_interpreter_subprocess():
         pytest.importorskip("triton")
@@ -60,6 +64,16 @@ else:
     # fp64 kernel: tight tolerance on every case; fp32 kernel vs fp64 reference: loose, on a
     # subset (the interpreter is slow)
     FP32_CASES = {"N33-R70-D3", "tiny-M4-T1-clamp", "N33-R70-isolated-clamp"}
+    if ON_GPU:  # compiled kernels are fast: add the real sizes, fp32 on everything
+        CASES += [
+            ("default-N100-R256-B8", dict(n_metabolites=100, n_reactions=256, batch=8,
+                                          hidden_node=64, hidden_sub=32),
+             dict(n_steps=16)),
+            ("N1000-R2560-B3", dict(n_metabolites=1000, n_reactions=2560, batch=3,
+                                    hidden_node=64, hidden_sub=32, clamp_pressure=0.3),
+             dict(n_steps=4)),
+        ]
+        FP32_CASES = {c[0] for c in CASES}
     RUNS = [(c, torch.float64, 1e-10) for c in CASES] + \
         [(c, torch.float32, 2e-3) for c in CASES if c[0] in FP32_CASES]
 
@@ -67,15 +81,15 @@ else:
         return int(os.environ.get("KERNEL_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
 
     def _run(problem, dtype, backend, rollout_kw):
-        p = problem.to(dtype)
+        p = problem.to(dtype, DEVICE)
         params = p.params()
         out = euler_rollout(p.c0, p.embeddings, p.node_layers, p.frozen, 0.1, backend=backend,
                             **rollout_kw)
-        g = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).reshape(out.shape).to(dtype)
+        g = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).reshape(out.shape).to(dtype=dtype, device=out.device)
         return out, torch.autograd.grad(out, params, g)
 
     def _close(name, got, want, rtol, seed):
-        got = got.double()
+        got, want = got.double().cpu(), want.double().cpu()
         scale = want.abs().max().item() + 1e-3
         err = (got - want).abs().max().item()
         assert torch.isfinite(got).all(), f"{name}: non-finite values (seed={seed})"
@@ -109,7 +123,7 @@ else:
         """The kernel's c0 gradient really changes with reaction_grad (the flag is not ignored)."""
         seed = _seed()
         p = random_problem(seed=seed, n_metabolites=7, n_reactions=9, batch=1,
-                           hidden_node=5, hidden_sub=5).to(torch.float64)
+                           hidden_node=5, hidden_sub=5).to(torch.float64, DEVICE)
         grads = []
         for rg in (True, False):
             out = euler_rollout(p.c0, p.embeddings, p.node_layers, p.frozen, 0.1, 4,
@@ -122,7 +136,7 @@ else:
         p = random_problem(seed=seed, n_metabolites=7, n_reactions=9, batch=2,
                            hidden_node=5, hidden_sub=5)
         for backend in ("torch", "triton"):
-            q = p.to(torch.float64)
+            q = p.to(torch.float64, DEVICE)
             out = euler_rollout(q.c0, q.embeddings, q.node_layers, q.frozen, 0.1, 5,
                                 backend=backend)
             loss = (out[:, -1] ** 2).sum()  # gradient reaches only the last state
@@ -139,7 +153,7 @@ else:
     def test_plan_cache_sees_in_place_edits_of_frozen_tensors():
         seed = _seed()
         p = random_problem(seed=seed, n_metabolites=7, n_reactions=9, batch=1,
-                           hidden_node=5, hidden_sub=5)
+                           hidden_node=5, hidden_sub=5).to(torch.float64, DEVICE)
         args = (p.c0, p.embeddings, p.node_layers, p.frozen, 0.1, 3)
         with torch.no_grad():
             first = euler_rollout(*args, backend="triton")
