@@ -18,6 +18,7 @@ from benchmarks.conftest import RESULTS
 from benchmarks.flops import peak_flops, rollout_flops
 from benchmarks.variants import VARIANTS
 from kernels.problems import random_problem
+from metabolism.config import ModelConfig
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DT = 0.1
@@ -31,16 +32,37 @@ SIZES = [pytest.param(*s, id=f"N{s[0]}-R{s[1]}-B{s[2]}-T{s[3]}") for s in DEFAUL
      for s in SCALE]
 CPU_MAX_FLOPS = 3e10  # per call: larger cases would take minutes per round on a small CPU
 LOOP_MAX_BATCH = 64
+ROUNDS = 5 if DEVICE == "cuda" else 3
+
+
+def autograd_bytes(p, B: int, T: int) -> int:
+    """Activations torch autograd keeps for a fwd+bwd of the reference (float32): every MLP layer's
+    input and tanh output for the MLP_sub table and MLP_node rows, per sample and step."""
+    N = p.frozen.n_metabolites
+    U = p.frozen.coeff_values.shape[0]
+    sub = sum(w.shape[0] for w, _ in p.frozen.sub_layers) * N * U
+    node = sum(w.shape[0] for w, _ in p.node_layers) * N
+    return 4 * 2 * B * T * (sub + node)
 
 
 @functools.lru_cache(maxsize=None)
 def _problem(N: int, R: int, B: int):
-    return random_problem(N, R, B, seed=0, clamp_pressure=0.0).to(torch.float32, DEVICE)
+    """A random network of this size with the default regime's MLP shapes (ModelConfig)."""
+    m = ModelConfig()
+    return random_problem(N, R, B, seed=0, clamp_pressure=0.0, embedding_dim=m.embedding_dim,
+                          hidden_node=m.hidden_dim_node, hidden_sub=m.hidden_dim_sub,
+                          layers_node=m.n_layers_node, layers_sub=m.n_layers_sub
+                          ).to(torch.float32, DEVICE)
 
 
-def _skip_reason(variant: str, flops: float, B: int) -> str | None:
+def _skip_reason(variant: str, flops: float, B: int, autograd_mem: int = 0) -> str | None:
     if variant == "fused-triton" and DEVICE != "cuda":
         return "fused Triton kernel needs a CUDA device (no GPU here)"
+    if DEVICE == "cuda" and variant != "fused-triton":
+        free = torch.cuda.mem_get_info()[0]
+        if autograd_mem > 0.7 * free:
+            return (f"autograd would keep ~{autograd_mem / 2**30:.0f} GiB of activations "
+                    f"(> 70% of {free / 2**30:.0f} GiB free); only the fused kernel recomputes")
     if DEVICE == "cpu" and flops > CPU_MAX_FLOPS:
         return f"{flops / 1e9:.0f} GFLOP per call is too slow for a CPU run; run on a GPU"
     if variant == "naive-loop" and B > LOOP_MAX_BATCH:
@@ -60,7 +82,7 @@ def test_rollout_throughput(benchmark, variant, N, R, B, T, mode):
     p = _problem(N, R, B)
     backward = mode == "fwd+bwd"
     flops = rollout_flops(p.node_layers, p.frozen, B, T, backward)
-    reason = _skip_reason(variant, flops, B)
+    reason = _skip_reason(variant, flops, B, autograd_bytes(p, B, T) if backward else 0)
     if reason:
         pytest.skip(reason)
     fn = VARIANTS[variant]
@@ -89,7 +111,7 @@ def test_rollout_throughput(benchmark, variant, N, R, B, T, mode):
         best[0] = min(best[0], time.perf_counter() - t)
 
     benchmark.group = f"{mode} N={N} R={R} B={B} T={T}"
-    benchmark.pedantic(timed, rounds=3, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(timed, rounds=ROUNDS, iterations=1, warmup_rounds=0)
     seconds = best[0]  # own timer: also valid under --benchmark-disable
     peak = peak_flops(DEVICE)
     info = dict(group=benchmark.group, variant=variant, ms=1e3 * seconds,
@@ -125,3 +147,34 @@ def test_vectorized_reference_vs_naive_loop_speedup(record_property):
     if ratio < 10.0:
         pytest.xfail(f"speedup {ratio:.2f}x < 10x on {DEVICE} (vectorized {1e3 * vec:.0f} ms, "
                      f"loop {1e3 * loop:.0f} ms)")
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="fused Triton kernel needs a CUDA device (no GPU here)")
+def test_fused_vs_eager_reference_speedup(record_property):
+    """The claim: on a GPU the fused fwd+bwd is >= 30x the eager reference at T=64, B=8.
+
+    Side by side in one run (interleaved, best of 10 each after one warm-up round), loss sum(traj^2) w.r.t. c0,
+    embeddings and MLP_node. The hard check is that fusing helps; below 30x it xfails with the ratio.
+    """
+    N, R, B, T = 100, 256, 8, 64
+    p = _problem(N, R, B)
+    params = p.params()
+    times = {"fused-triton": [], "torch-vectorized": []}
+    for rnd in range(11):
+        for name in times:
+            _sync()
+            t = time.perf_counter()
+            out = VARIANTS[name](p.c0, p.embeddings, p.node_layers, p.frozen, DT, T)
+            torch.autograd.grad(out.square().sum(), params)
+            _sync()
+            if rnd:  # round 0 compiles and warms up
+                times[name].append(time.perf_counter() - t)
+    fused, eager = min(times["fused-triton"]), min(times["torch-vectorized"])
+    ratio = eager / fused
+    record_property("speedup", ratio)
+    print(f"\n{torch.cuda.get_device_name()} N={N} R={R} B={B} T={T} fwd+bwd: fused "
+          f"{1e3 * fused:.2f} ms, eager reference {1e3 * eager:.2f} ms, speedup {ratio:.1f}x")
+    assert ratio > 1.0, f"fused kernel slower than the eager reference ({ratio:.2f}x)"
+    if ratio < 30.0:
+        pytest.xfail(f"speedup {ratio:.1f}x < 30x (fused {1e3 * fused:.2f} ms, "
+                     f"eager {1e3 * eager:.2f} ms)")
