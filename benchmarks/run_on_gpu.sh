@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One GPU lease: the kernel tests compiled on CUDA, then the default and at-scale benchmarks.
 # Logs and JSON go to $OUT (default ./bench-out). Needs torch, triton, pytest, pytest-benchmark.
+# PARTS picks from 'sweep tests default scale' (default: tests default scale); BENCH_K filters
+# the default benchmarks like pytest -k.
 set -uo pipefail
 OUT=${OUT:-bench-out}
 mkdir -p "$OUT"
@@ -18,7 +20,7 @@ if [[ " $PARTS " == *" tests "* ]]; then
 fi
 if [[ " $PARTS " == *" default "* ]]; then
   $PY -m pytest benchmarks -q -p no:cacheprovider --benchmark-json="$OUT/bench_default.json" \
-      ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_default.log"
+      -k "${BENCH_K:-}" 2>&1 | tee "$OUT/bench_default.log"
 fi
 if [[ " $PARTS " == *" scale "* ]]; then
   # the fused kernel and the eager reference first: the compiled and looped variants take longest

@@ -47,12 +47,14 @@ def compile_kernels(arch: int = 90, dtype: str = "float32", *, hidden: int = 64,
     bn, block_r = tr.block_sizes(n_metabolites, n_reactions, getattr(tr.torch, dtype))
     block_n = block_n or bn
     hidden, hidden_sub = tr._pow2(hidden), tr._pow2(hidden_sub or hidden)
-    common = dict(M=substrate_slots, LN=layers, HN=hidden, LS=layers, HS=hidden_sub,
+    common = dict(M=substrate_slots, LN=layers, HN=hidden,
                   BLOCK_N=block_n, BLOCK_R=block_r,
                   PREC=prec or tr._prec(getattr(tr.torch, dtype)), DT=tl_dtype)
     ints = {"gidx_ptr", "ell_rxn_ptr", "st_idx_ptr", "use_ptr"}
     out = {}
-    for name, kernel, extra in (("forward", tr.rollout_fwd_kernel, {}),
+    for name, kernel, extra in (("forward", tr.rollout_fwd_kernel,
+                                 {"LS": layers, "HS": hidden_sub, "SAVE": True,
+                                  "SAVE_JVP": reaction_grad}),
                                 ("backward", tr.rollout_bwd_kernel,
                                  {"REACTION_GRAD": reaction_grad})):
         if name not in kernels:

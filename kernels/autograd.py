@@ -25,8 +25,11 @@ class FusedEulerRollout(torch.autograd.Function):
         width = layers_width(layers)
         node_w, node_b = pack_layers(layers, width, c0.dtype, c0.device)
         c0c, embc = c0.detach().contiguous(), emb.detach().contiguous()
-        traj = rollout_forward(c0c, embc, node_w, node_b, plan, dt, n_steps, node_scale)
-        ctx.save_for_backward(c0c, embc, traj, node_w, node_b)
+        # keep the per-step MLP_sub tables only when a backward can follow
+        save = any(ctx.needs_input_grad[5:])
+        traj, tab, dtab = rollout_forward(c0c, embc, node_w, node_b, plan, dt, n_steps,
+                                          node_scale, save=save, reaction_grad=reaction_grad)
+        ctx.save_for_backward(c0c, embc, traj, node_w, node_b, tab, dtab)
         ctx.plan, ctx.dt, ctx.node_scale, ctx.reaction_grad = plan, dt, node_scale, reaction_grad
         ctx.shapes = [p.shape for p in node_params]
         return traj
@@ -34,10 +37,10 @@ class FusedEulerRollout(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_traj: torch.Tensor):
-        c0, emb, traj, node_w, node_b = ctx.saved_tensors
+        c0, emb, traj, node_w, node_b, tab, dtab = ctx.saved_tensors
         gc0, gemb, gw, gb = rollout_backward(c0, emb, traj, grad_traj.to(c0.dtype), node_w,
                                              node_b, ctx.plan, ctx.dt, ctx.node_scale,
-                                             ctx.reaction_grad)
+                                             ctx.reaction_grad, tab, dtab)
         grads = []
         for l in range(len(ctx.shapes) // 2):
             (o, i), (ob,) = ctx.shapes[2 * l], ctx.shapes[2 * l + 1]

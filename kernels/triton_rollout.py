@@ -4,7 +4,7 @@ Why fused: the reference launches ~20 small torch ops per Euler step, so a rollo
 launch-bound; here the whole trajectory (and its adjoint) is one launch per direction.
 
 Layout per program b (one CTA), per step:
-  A. table[n, u] = MLP_sub([c_n, |s|_u])            -> global scratch (B, N*U)   (+ d/dc in backward)
+  A. table[n, u] = MLP_sub([c_n, |s|_u])  -> global (B, N*U), or (B, T, N*U) + d/dc kept for BPTT
   B. v_j = k_j * prod_m table[gidx[j, m]]            -> global scratch (B, R)
   C. dc_n = sum_q S_n,q v_{ell[n, q]} + scale * MLP_node([c_n, a_n]); c <- max(c + dt dc, 0)
 Phases are separated by tl.debug_barrier() (a CTA-wide barrier: later phases read scratch written
@@ -158,11 +158,10 @@ def _sub_base(cu, w_ptr, b_ptr, H: tl.constexpr):
 
 
 @triton.jit
-def _rates(prev, tab_b, v_b, dtab_b, sw_ptr, sb_ptr, coeff_ptr, gidx_ptr, k_ptr, N, R, U,
-           M: tl.constexpr, LS: tl.constexpr, HS: tl.constexpr, BLOCK_N: tl.constexpr,
-           BLOCK_R: tl.constexpr, WITH_JVP: tl.constexpr, PREC: tl.constexpr,
+def _table(prev, tab_b, dtab_b, sw_ptr, sb_ptr, coeff_ptr, N, U, LS: tl.constexpr,
+           HS: tl.constexpr, BLOCK_N: tl.constexpr, WITH_JVP: tl.constexpr, PREC: tl.constexpr,
            DT: tl.constexpr):
-    """Phases A and B: the MLP_sub table (and its d/dc when WITH_JVP) and the rates v."""
+    """Phase A: table[n, u] = MLP_sub(c_n, |s|_u) (and its d/dc when WITH_JVP)."""
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N)
         rm = rows < N
@@ -176,6 +175,11 @@ def _rates(prev, tab_b, v_b, dtab_b, sw_ptr, sb_ptr, coeff_ptr, gidx_ptr, k_ptr,
                 y = _mlp_out(c, base, sw_ptr, sb_ptr, LS, HS, PREC, DT)
             tl.store(tab_b + rows * U + u, y, mask=rm)
     tl.debug_barrier()
+
+
+@triton.jit
+def _products(tab_b, v_b, gidx_ptr, k_ptr, R, M: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Phase B: v_j = k_j * prod_m table[gidx[j, m]]."""
     for r0 in range(0, R, BLOCK_R):
         rr = r0 + tl.arange(0, BLOCK_R)
         rmask = rr < R
@@ -205,16 +209,19 @@ def _reaction_dcdt(v_b, ell_rxn_ptr, ell_val_ptr, rows, rm, Q, c):
 def rollout_fwd_kernel(
         c0_ptr, emb_ptr, traj_ptr, params_ptr,
         nw_ptr, nb_ptr, sw_ptr, sb_ptr, coeff_ptr, gidx_ptr, k_ptr, ell_rxn_ptr, ell_val_ptr,
-        tab_ptr, v_ptr,
+        tab_ptr, dtab_ptr, v_ptr,
         N, R, T, U, D, Q,
         M: tl.constexpr, LN: tl.constexpr, HN: tl.constexpr, LS: tl.constexpr,
-        HS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, PREC: tl.constexpr,
-        DT: tl.constexpr):
-    """Whole rollout of sample b = program_id: writes states 1..T into traj (B, T, N)."""
+        HS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, SAVE: tl.constexpr,
+        SAVE_JVP: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr):
+    """Whole rollout of sample b = program_id: writes states 1..T into traj (B, T, N).
+
+    SAVE keeps every step's MLP_sub table in tab (B, T, N*U) for the backward (else tab is a
+    (B, N*U) scratch); SAVE_JVP also keeps its d/dc in dtab, which the reaction Jacobian needs.
+    """
     b = tl.program_id(0).to(tl.int64)
     dt = tl.load(params_ptr)
     scale = tl.load(params_ptr + 1)
-    tab_b = tab_ptr + b * N * U
     v_b = v_ptr + b * R
     traj_b = traj_ptr + b * T * N
     for t in range(T):
@@ -222,8 +229,13 @@ def rollout_fwd_kernel(
             prev = c0_ptr + b * N
         else:
             prev = traj_b + (t - 1) * N
-        _rates(prev, tab_b, v_b, tab_b, sw_ptr, sb_ptr, coeff_ptr, gidx_ptr, k_ptr, N, R, U,
-               M, LS, HS, BLOCK_N, BLOCK_R, False, PREC, DT)
+        if SAVE:
+            tab_b = tab_ptr + (b * T + t) * N * U
+        else:
+            tab_b = tab_ptr + b * N * U
+        _table(prev, tab_b, dtab_ptr + (b * T + t) * N * U, sw_ptr, sb_ptr, coeff_ptr, N, U,
+               LS, HS, BLOCK_N, SAVE_JVP, PREC, DT)
+        _products(tab_b, v_b, gidx_ptr, k_ptr, R, M, BLOCK_R)
         for n0 in range(0, N, BLOCK_N):
             rows = n0 + tl.arange(0, BLOCK_N)
             rm = rows < N
@@ -239,15 +251,16 @@ def rollout_fwd_kernel(
 @triton.jit
 def rollout_bwd_kernel(
         c0_ptr, emb_ptr, traj_ptr, gout_ptr, params_ptr,
-        nw_ptr, nb_ptr, sw_ptr, sb_ptr, coeff_ptr, gidx_ptr, k_ptr, ell_rxn_ptr, ell_val_ptr,
+        nw_ptr, nb_ptr, gidx_ptr, k_ptr, ell_rxn_ptr, ell_val_ptr,
         st_idx_ptr, st_val_ptr, use_ptr,
         tab_ptr, dtab_ptr, v_ptr, gz_ptr, gfac_ptr, adj_ptr,
         gc0_ptr, gemb_ptr, gw_ptr, gb_ptr,
         N, R, T, U, D, Q, P, QU,
-        M: tl.constexpr, LN: tl.constexpr, HN: tl.constexpr, LS: tl.constexpr,
-        HS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-        REACTION_GRAD: tl.constexpr, PREC: tl.constexpr, DT: tl.constexpr):
-    """BPTT for sample b: walks t = T-1..0 recomputing step t from the stored trajectory.
+        M: tl.constexpr, LN: tl.constexpr, HN: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_R: tl.constexpr, REACTION_GRAD: tl.constexpr, PREC: tl.constexpr,
+        DT: tl.constexpr):
+    """BPTT for sample b: walks t = T-1..0 recomputing step t from the stored trajectory and
+    the MLP_sub tables (and their d/dc) the forward kept per step in tab / dtab (B, T, N*U).
 
     adj holds dLoss/dc_t; per step it becomes dLoss/dc_{t-1}. Partial grads for node weights,
     biases and embeddings of this sample accumulate in its (B, ...) slices; gc0 gets adj at the end.
@@ -255,8 +268,6 @@ def rollout_bwd_kernel(
     b = tl.program_id(0).to(tl.int64)
     dt = tl.load(params_ptr)
     scale = tl.load(params_ptr + 1)
-    tab_b = tab_ptr + b * N * U
-    dtab_b = dtab_ptr + b * N * U
     v_b = v_ptr + b * R
     gz_b = gz_ptr + b * N
     gfac_b = gfac_ptr + b * R * M
@@ -272,8 +283,9 @@ def rollout_bwd_kernel(
             prev = c0_ptr + b * N
         else:
             prev = traj_b + (t - 1) * N
-        _rates(prev, tab_b, v_b, dtab_b, sw_ptr, sb_ptr, coeff_ptr, gidx_ptr, k_ptr, N, R, U,
-               M, LS, HS, BLOCK_N, BLOCK_R, REACTION_GRAD, PREC, DT)
+        tab_b = tab_ptr + (b * T + t) * N * U
+        dtab_b = dtab_ptr + (b * T + t) * N * U
+        _products(tab_b, v_b, gidx_ptr, k_ptr, R, M, BLOCK_R)
         for n0 in range(0, N, BLOCK_N):
             rows = n0 + tl.arange(0, BLOCK_N)
             rm = rows < N
@@ -454,35 +466,46 @@ def _empty(*shape, dtype, device) -> torch.Tensor:
 
 def rollout_forward(c0: torch.Tensor, emb: torch.Tensor, node_w: torch.Tensor,
                     node_b: torch.Tensor, plan: ReactionPlan, dt: float, n_steps: int,
-                    node_scale: float) -> torch.Tensor:
-    """Launch the fused forward: (B, N) -> trajectory (B, T, N); node_w/b are packed."""
+                    node_scale: float, save: bool = False, reaction_grad: bool = True):
+    """Launch the fused forward: (B, N) -> (trajectory (B, T, N), tab, dtab); node_w/b packed.
+
+    save=True keeps each step's MLP_sub table (and, with reaction_grad, its d/dc) for
+    rollout_backward; otherwise tab/dtab are None.
+    """
     B, N = c0.shape
     dev, dtype = c0.device, c0.dtype
     traj = _empty(B, n_steps, N, dtype=dtype, device=dev)
     if n_steps == 0 or B == 0:
-        return traj
-    tab = _empty(B, N * plan.U, dtype=dtype, device=dev)
+        return traj, None, None
+    U = plan.U
+    tab = _empty(B, n_steps if save else 1, N * U, dtype=dtype, device=dev)
+    save_jvp = save and reaction_grad
+    dtab = _empty(B, n_steps, N * U, dtype=dtype, device=dev) if save_jvp else tab
     v = _empty(B, plan.R, dtype=dtype, device=dev)
     params = torch.tensor([dt, node_scale], dtype=dtype, device=dev)
     BN, BR = block_sizes(plan.N, plan.R, dtype)
     rollout_fwd_kernel[(B,)](
         c0, emb, traj, params, node_w, node_b, plan.sub_w, plan.sub_b, plan.coeff, plan.gidx,
-        plan.k, plan.ell_rxn, plan.ell_val, tab, v,
-        N, plan.R, n_steps, plan.U, emb.shape[1], plan.ell_rxn.shape[1],
+        plan.k, plan.ell_rxn, plan.ell_val, tab, dtab, v,
+        N, plan.R, n_steps, U, emb.shape[1], plan.ell_rxn.shape[1],
         M=plan.M, LN=node_w.shape[0], HN=node_w.shape[1], LS=plan.LS, HS=plan.HS,
-        BLOCK_N=BN, BLOCK_R=BR, PREC=_prec(dtype), DT=_tl_dtype(dtype),
-        num_warps=TUNING[dtype]["num_warps"])
-    return traj
+        BLOCK_N=BN, BLOCK_R=BR, SAVE=bool(save), SAVE_JVP=bool(save_jvp), PREC=_prec(dtype),
+        DT=_tl_dtype(dtype), num_warps=TUNING[dtype]["num_warps"])
+    return traj, (tab if save else None), (dtab if save_jvp else None)
 
 
 def rollout_backward(c0, emb, traj, grad_traj, node_w, node_b, plan: ReactionPlan, dt: float,
-                     node_scale: float, reaction_grad: bool):
-    """Launch the fused BPTT: returns (grad c0, grad emb, grad packed W, grad packed b)."""
+                     node_scale: float, reaction_grad: bool, tab, dtab):
+    """Launch the fused BPTT: returns (grad c0, grad emb, grad packed W, grad packed b).
+
+    tab / dtab: the per-step MLP_sub tables from rollout_forward(save=True) (dtab may be None
+    when reaction_grad is False).
+    """
     B, T, N = traj.shape
     dev, dtype = c0.device, c0.dtype
     D = emb.shape[1]
     LN, HN = node_w.shape[0], node_w.shape[1]
-    U, R, M = plan.U, plan.R, plan.M
+    R, M = plan.R, plan.M
     gc0 = _empty(B, N, dtype=dtype, device=dev)
     gemb = torch.zeros(B, N, D, dtype=dtype, device=dev)
     gw = torch.zeros(B, LN, HN, HN, dtype=dtype, device=dev)
@@ -490,8 +513,8 @@ def rollout_backward(c0, emb, traj, grad_traj, node_w, node_b, plan: ReactionPla
     if T == 0 or B == 0:
         gc0.copy_(grad_traj.new_zeros(B, N))
         return gc0, gemb.sum(0), gw.sum(0), gb.sum(0)
-    tab = _empty(B, N * U, dtype=dtype, device=dev)
-    dtab = _empty(B, N * U, dtype=dtype, device=dev)
+    if reaction_grad and dtab is None:
+        raise ValueError("rollout_backward with reaction_grad needs dtab from the forward")
     v = _empty(B, R, dtype=dtype, device=dev)
     gz = _empty(B, N, dtype=dtype, device=dev)
     gfac = _empty(B, R * M, dtype=dtype, device=dev)
@@ -499,11 +522,11 @@ def rollout_backward(c0, emb, traj, grad_traj, node_w, node_b, plan: ReactionPla
     params = torch.tensor([dt, node_scale], dtype=dtype, device=dev)
     BN, BR = block_sizes(plan.N, plan.R, dtype)
     rollout_bwd_kernel[(B,)](
-        c0, emb, traj, grad_traj.contiguous(), params, node_w, node_b, plan.sub_w, plan.sub_b,
-        plan.coeff, plan.gidx, plan.k, plan.ell_rxn, plan.ell_val, plan.st_idx, plan.st_val,
-        plan.use, tab, dtab, v, gz, gfac, adj, gc0, gemb, gw, gb,
-        N, R, T, U, D, plan.ell_rxn.shape[1], plan.st_idx.shape[1], plan.use.shape[1],
-        M=M, LN=LN, HN=HN, LS=plan.LS, HS=plan.HS, BLOCK_N=BN, BLOCK_R=BR,
+        c0, emb, traj, grad_traj.contiguous(), params, node_w, node_b,
+        plan.gidx, plan.k, plan.ell_rxn, plan.ell_val, plan.st_idx, plan.st_val,
+        plan.use, tab, dtab if dtab is not None else tab, v, gz, gfac, adj, gc0, gemb, gw, gb,
+        N, R, T, plan.U, D, plan.ell_rxn.shape[1], plan.st_idx.shape[1], plan.use.shape[1],
+        M=M, LN=LN, HN=HN, BLOCK_N=BN, BLOCK_R=BR,
         REACTION_GRAD=bool(reaction_grad), PREC=_prec(dtype), DT=_tl_dtype(dtype),
         num_warps=TUNING[dtype]["num_warps"])
     return gc0, gemb.sum(0), gw.sum(0), gb.sum(0)
