@@ -67,7 +67,7 @@ class Phase1Config:
     """Phase 1: learn MLP_sub (Adam) and log10 k (least squares) from dc/dt with S given."""
 
     learning_rate_sub: float = 1e-2
-    n_steps: int = 3600
+    n_steps: int = 1200
     batch_size: int = 256
     drift_correction: bool = True
     relative_weight_floor: float = 5.0
