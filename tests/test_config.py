@@ -292,3 +292,21 @@ def test_cli_bad_override(tmp_path):
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, out.stderr
     assert "training.homeostasis_time_step" in lines[0]
+
+
+def test_every_named_regime_file_loads_for_every_slot():
+    """experiments/configs/regimes/*.yaml are what the README's studies ran: each must give a
+    valid config for all four slot files, and a regime name other than the frozen default."""
+    import yaml
+
+    from metabolism.config import flatten, load_config
+
+    cfg_dir = ROOT / "experiments" / "configs"
+    files = sorted((cfg_dir / "regimes").glob("*.yaml"))
+    assert {f.stem for f in files} >= {"phase1_short", "phase1_long", "sim_seed_7"}
+    for f in files:
+        over = flatten(yaml.safe_load(f.read_text()))
+        assert over["regime"] == f.stem, f
+        for s in range(4):
+            cfg = load_config(cfg_dir / f"slot{s}.yaml", over)
+            assert cfg.regime == f.stem
