@@ -174,6 +174,20 @@ def default_run_name(cfg: Config) -> str:
            f"-s{cfg.training.seed}"
 
 
+def new_run_dir(path: Path) -> Path:
+    """Create and return path, or path~1, path~2, ... if taken. mkdir itself decides, so two
+    processes starting the same run in the same second never share a folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate, suffix = path, 0
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            suffix += 1
+            candidate = path.with_name(f"{path.name}~{suffix}")
+
+
 def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path = Path("data"),
                parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None,
                progress: bool = True, quiet: bool = False) -> RunResult:
@@ -184,12 +198,8 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
     data, truth = load_training_data(folder), load_ground_truth(folder)
 
     run_name = cfg.tracking.run_name or default_run_name(cfg)
-    run_dir = runs_root / cfg.tracking.experiment / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    suffix = 0
-    while run_dir.exists():
-        suffix += 1
-        run_dir = run_dir.with_name(f"{run_dir.name.split('~')[0]}~{suffix}")
-    run_dir.mkdir(parents=True)
+    run_dir = new_run_dir(
+        runs_root / cfg.tracking.experiment / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     tr = cfg.training
     tags = {"slot": str(cfg.slot), "time_step": str(tr.homeostasis_time_step),

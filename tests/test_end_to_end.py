@@ -279,3 +279,15 @@ def test_cli_quick(tmp_path):
     assert run.data.tags["time_step"] == "16"  # slot3's 64, capped for the tiny regime
     log = read_analysis_log(run_dir / "analysis.log")
     assert not [k for k in spec_keys() if k not in log]
+
+
+def test_new_run_dir_never_hands_out_a_taken_folder(tmp_path):
+    """Runs started in the same second share a name: each gets its own folder (path~1, ...)."""
+    from metabolism.experiment import new_run_dir
+
+    base = tmp_path / "exp" / "slot0-T4-s0-20261125-101010"
+    first, second = new_run_dir(base), new_run_dir(base)
+    (tmp_path / "exp" / "slot0-T4-s0-20261125-101010~2").mkdir()
+    third = new_run_dir(base)
+    assert first == base and second.name.endswith("~1") and third.name.endswith("~3")
+    assert all(p.is_dir() for p in (first, second, third))
