@@ -202,6 +202,20 @@ def _reaction_dcdt(v_b, ell_rxn_ptr, ell_val_ptr, rows, rm, Q, c):
     return acc
 
 
+@triton.jit
+def _euler_block(prev, v_b, emb_ptr, nw_ptr, nb_ptr, ell_rxn_ptr, ell_val_ptr, rows, rm, dt,
+                 scale, D, Q, LN: tl.constexpr, HN: tl.constexpr, PREC: tl.constexpr,
+                 DT: tl.constexpr):
+    """Phase C for a block of metabolites, shared by forward and backward: returns c, MLP_node's
+    first-layer base, its last hidden activation and the unclamped next state z."""
+    c = tl.load(prev + rows, mask=rm, other=0.0)
+    rdc = _reaction_dcdt(v_b, ell_rxn_ptr, ell_val_ptr, rows, rm, Q, c)
+    base = _node_base(emb_ptr, rows, rm, D, nw_ptr, nb_ptr, HN, DT)
+    a = _hidden(c, base, nw_ptr, nb_ptr, LN - 2, HN, PREC, DT)
+    z = c + dt * (rdc + scale * _head(a, nw_ptr, nb_ptr, LN, HN))
+    return c, base, a, z
+
+
 # ----------------------------------------------------------------------------- kernels
 
 
@@ -239,11 +253,8 @@ def rollout_fwd_kernel(
         for n0 in range(0, N, BLOCK_N):
             rows = n0 + tl.arange(0, BLOCK_N)
             rm = rows < N
-            c = tl.load(prev + rows, mask=rm, other=0.0)
-            rdc = _reaction_dcdt(v_b, ell_rxn_ptr, ell_val_ptr, rows, rm, Q, c)
-            base = _node_base(emb_ptr, rows, rm, D, nw_ptr, nb_ptr, HN, DT)
-            node = _mlp_out(c, base, nw_ptr, nb_ptr, LN, HN, PREC, DT)
-            z = c + dt * (rdc + scale * node)
+            _, _, _, z = _euler_block(prev, v_b, emb_ptr, nw_ptr, nb_ptr, ell_rxn_ptr,
+                                      ell_val_ptr, rows, rm, dt, scale, D, Q, LN, HN, PREC, DT)
             tl.store(traj_b + t * N + rows, tl.maximum(z, 0.0), mask=rm)
         tl.debug_barrier()
 
@@ -289,12 +300,9 @@ def rollout_bwd_kernel(
         for n0 in range(0, N, BLOCK_N):
             rows = n0 + tl.arange(0, BLOCK_N)
             rm = rows < N
-            c = tl.load(prev + rows, mask=rm, other=0.0)
-            rdc = _reaction_dcdt(v_b, ell_rxn_ptr, ell_val_ptr, rows, rm, Q, c)
-            base = _node_base(emb_ptr, rows, rm, D, nw_ptr, nb_ptr, HN, DT)
-            a = _hidden(c, base, nw_ptr, nb_ptr, LN - 2, HN, PREC, DT)
-            node = _head(a, nw_ptr, nb_ptr, LN, HN)
-            z = c + dt * (rdc + scale * node)
+            c, base, a, z = _euler_block(prev, v_b, emb_ptr, nw_ptr, nb_ptr, ell_rxn_ptr,
+                                         ell_val_ptr, rows, rm, dt, scale, D, Q, LN, HN, PREC,
+                                         DT)
             a_out = tl.load(adj_b + rows, mask=rm, other=0.0) + tl.load(gout_b + t * N + rows,
                                                                          mask=rm, other=0.0)
             gz = tl.where(z >= 0, a_out, 0.0)  # torch.clamp(min=0) passes grad where input >= 0
