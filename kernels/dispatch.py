@@ -48,6 +48,10 @@ def fused_pays_off(batch: int, n_metabolites: int, sm_count: int) -> bool:
     return n_metabolites <= FUSED_MAX_SERIAL_N or batch >= sm_count
 
 
+def _sm_count(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def resolve_backend(c0: torch.Tensor, backend: str | None = None) -> str:
     """'torch' or 'triton' for these inputs; raises ValueError on an unusable request."""
     name = (backend if backend is not None else os.environ.get(ENV_VAR, "auto")).strip().lower()
@@ -56,10 +60,8 @@ def resolve_backend(c0: torch.Tensor, backend: str | None = None) -> str:
     if name == "auto":
         if not (c0.is_cuda and _triton_importable()):
             return "torch"
-        if getattr(c0, "dim", lambda: 0)() == 2:
-            sms = torch.cuda.get_device_properties(c0.device).multi_processor_count
-            return "triton" if fused_pays_off(c0.shape[0], c0.shape[1], sms) else "torch"
-        return "triton"
+        B, N = c0.shape
+        return "triton" if fused_pays_off(B, N, _sm_count(c0.device)) else "torch"
     if name == "triton":
         if not _triton_importable():
             raise ValueError("rollout backend 'triton' requested but triton is not importable")

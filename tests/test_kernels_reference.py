@@ -123,10 +123,16 @@ def test_auto_picks_triton_for_cuda_tensors(monkeypatch):
     """'auto' routes CUDA states to the fused kernel (a stand-in object: no GPU in CI)."""
     from types import SimpleNamespace
 
+    from kernels import dispatch
+
     pytest.importorskip("triton")
     monkeypatch.delenv("METABOLISM_ROLLOUT_BACKEND", raising=False)
-    assert resolve_backend(SimpleNamespace(is_cuda=True, device="cuda:0")) == "triton"
-    assert resolve_backend(SimpleNamespace(is_cuda=True, device="cuda:0"), "torch") == "torch"
+    monkeypatch.setattr(dispatch, "_sm_count", lambda device: 132)  # an H100
+    states = SimpleNamespace(is_cuda=True, device="cuda:0", shape=(8, 100))
+    assert resolve_backend(states) == "triton"
+    assert resolve_backend(states, "torch") == "torch"
+    assert resolve_backend(SimpleNamespace(is_cuda=True, device="cuda:0", shape=(8, 10000))) \
+        == "torch"
 
 
 def test_fused_rollout_rejects_mlps_outside_its_form():
