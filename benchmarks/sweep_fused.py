@@ -50,9 +50,8 @@ def rel_err(a, b) -> float:
 def main():
     small = _problem(100, 256, 8)
     ref_out, ref_g = fwd_bwd(small, 16, "torch", torch.float64)
-    eager = {s: median_ms(lambda s=s: fwd_bwd(_problem(*s[:3]), s[3], "torch"), 5)
-             for s in SIZES[:1]}
-    print(f"eager reference fwd+bwd N=100 B=8 T=64: {eager[SIZES[0]]:.2f} ms", flush=True)
+    eager = median_ms(lambda: fwd_bwd(_problem(100, 256, 8), 64, "torch"), 5)
+    print(f"eager reference fwd+bwd N=100 B=8 T=64: {eager:.2f} ms", flush=True)
     print(f"{'prec':<7} {'BN':>3} {'warps':>5} {'traj err':>9} {'max grad err':>12} "
           + " ".join(f"{'N%d B%d T%d ms' % (n, b, t):>18}" for n, _, b, t in SIZES), flush=True)
     for st in SETTINGS:

@@ -32,8 +32,7 @@ H100_MAX_SHARED = 232448
 
 def compile_kernels(arch: int = 90, dtype: str = "float32", *, hidden: int = 64,
                     hidden_sub: int | None = None, layers: int = 3, substrate_slots: int = 2,
-                    n_metabolites: int = 100,
-                    n_reactions: int = 256, reaction_grad: bool = True,
+                    n_metabolites: int = 100, n_reactions: int = 256, reaction_grad: bool = True,
                     kernels: tuple[str, ...] = ("forward", "backward"),
                     num_warps: int | None = None, block_n: int | None = None,
                     prec: str | None = None) -> dict:
@@ -51,6 +50,7 @@ def compile_kernels(arch: int = 90, dtype: str = "float32", *, hidden: int = 64,
                   BLOCK_N=block_n, BLOCK_R=block_r,
                   PREC=prec or tr._prec(getattr(tr.torch, dtype)), DT=tl_dtype)
     ints = {"gidx_ptr", "ell_rxn_ptr", "st_idx_ptr", "use_ptr"}
+    options = {"num_warps": num_warps or tr.TUNING[getattr(tr.torch, dtype)]["num_warps"]}
     out = {}
     for name, kernel, extra in (("forward", tr.rollout_fwd_kernel,
                                  {"LS": layers, "HS": hidden_sub, "SAVE": True,
@@ -63,6 +63,5 @@ def compile_kernels(arch: int = 90, dtype: str = "float32", *, hidden: int = 64,
         src = triton.compiler.ASTSource(fn=kernel, signature=_signature(kernel, dtype, ints,
                                                                         constexprs),
                                         constexprs=constexprs)
-        warps = num_warps or tr.TUNING[getattr(tr.torch, dtype)]["num_warps"]
-        out[name] = triton.compile(src, target=target, options={"num_warps": warps})
+        out[name] = triton.compile(src, target=target, options=options)
     return out
