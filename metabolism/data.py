@@ -8,14 +8,13 @@ The hash covers every simulation key, so a changed config never reuses a stale c
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from metabolism.config import Config
+from metabolism.files import replace_atomically
 from metabolism.network import GroundTruth, Stoichiometry, generate_network
 from metabolism.simulate import initial_concentrations, simulate
 
@@ -38,11 +37,7 @@ def dataset_dir(cfg: Config, data_root: Path) -> Path:
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    os.close(fd)
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    replace_atomically(path, lambda fh: np.savez(fh, **arrays))
 
 
 def build_dataset(cfg: Config, data_root: Path) -> Path:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from metabolism import plots, tracking
 from metabolism.config import Config
 from metabolism.data import (TrainingData, dataset_dir, ensure_dataset, load_ground_truth,
                              load_training_data)
+from metabolism.files import replace_atomically, write_text_atomically
 from metabolism.metrics import corrected_log10_k, evaluate, node_fn_of, rate_constants_r2
 from metabolism.model import MetabolismModel
 from metabolism.network import GroundTruth
@@ -78,15 +77,10 @@ def ensure_phase1(cfg: Config, data_root: Path, progress: bool = True,
                            model.sub_scale(), truth)
     info = {"rate_constants_R2": r2, "seconds": res.seconds, "final_loss": res.losses[-1],
             "n_steps": cfg.phase1.n_steps}
-    # unique temporary names: parallel slot runs may build the same checkpoint at once
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".pt.tmp")
-    os.close(fd)
-    torch.save({"state_dict": model.state_dict(), "info": info}, tmp)
-    os.replace(tmp, path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(info, indent=2))
-    os.replace(tmp, info_path)
+    # parallel slot runs may build the same checkpoint at once
+    replace_atomically(path, lambda fh: torch.save({"state_dict": model.state_dict(),
+                                                    "info": info}, fh))
+    write_text_atomically(info_path, json.dumps(info, indent=2))
     _say(f"phase 1: rate_constants_R2 = {r2:.4f} in {res.seconds:.0f} s", quiet)
     return path, info
 

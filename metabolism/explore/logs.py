@@ -20,7 +20,8 @@ from typing import Any
 from metabolism.config import SLOT_TIME_STEPS
 from metabolism.explore.mutation import (SHORT_NAMES, STRATEGY_NAMES, format_mutation,
                                          get_dotted, strategy_key, strategy_number)
-from metabolism.explore.tree import CONVERGED, FAILED, PARTIAL, Node, Tree, atomic_write
+from metabolism.explore.tree import CONVERGED, FAILED, PARTIAL, Node, Tree
+from metabolism.files import write_text_atomically
 
 MEMORY_MAX_LINES = 300
 
@@ -259,6 +260,6 @@ def render_memory(tree: Tree, study: str, max_lines: int = MEMORY_MAX_LINES) -> 
 
 def write_logs(tree: Tree, study_dir: Path, study: str, ucb_block: int | None, c: float) -> None:
     """Regenerate all three text files atomically."""
-    atomic_write(study_dir / f"{study}_analysis.md", render_analysis(tree, study))
-    atomic_write(study_dir / f"{study}_memory.md", render_memory(tree, study))
-    atomic_write(study_dir / "ucb_scores.txt", render_ucb(tree, ucb_block, c))
+    write_text_atomically(study_dir / f"{study}_analysis.md", render_analysis(tree, study))
+    write_text_atomically(study_dir / f"{study}_memory.md", render_memory(tree, study))
+    write_text_atomically(study_dir / "ucb_scores.txt", render_ucb(tree, ucb_block, c))

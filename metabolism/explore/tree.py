@@ -1,7 +1,7 @@
 """The exploration tree: nodes, status, reward, UCB, and its crash-safe JSON file.
 
 The tree file is the single source of truth of a study: the logs, the UCB file and the plot are
-all regenerated from it, and it is rewritten atomically (tmp + os.replace) after every change,
+all regenerated from it, and it is rewritten atomically (metabolism.files) after every change,
 so a kill at any moment leaves either the old or the new tree, never half of one.
 """
 
@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from metabolism.files import write_text_atomically
 
 ROOT = "root"
 
@@ -203,7 +204,7 @@ class Tree:
         return cls(d.get("settings", {}), nodes, d.get("study_run_id"))
 
     def save(self, path: Path) -> None:
-        atomic_write(Path(path), json.dumps(self.to_dict(), indent=1, default=str))
+        write_text_atomically(Path(path), json.dumps(self.to_dict(), indent=1, default=str))
 
     @classmethod
     def load(cls, path: Path) -> "Tree":
@@ -213,12 +214,3 @@ class Tree:
             raise ValueError(f"{path}: not a valid exploration tree ({exc})") from None
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write via a temp file and os.replace, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
