@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from metabolism.config import Config, load_config
+from metabolism.metrics import classify_slope_ratio
 
 SUMMARY_METRICS = ["avg_slope_ratio", "MLP_node_slope_ratio_0", "MLP_node_slope_ratio_1",
                    "embedding_cluster_acc", "embedding_n_clusters", "rate_constants_R2",
@@ -89,7 +90,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             vals = np.array([float(r[m]) for r in ok if m in r], dtype=float)
             s[f"{m}_mean"] = float(vals.mean()) if len(vals) else math.nan
             s[f"{m}_std"] = float(vals.std()) if len(vals) else math.nan
-        conv = [r for r in ok if 0.8 <= r.get("avg_slope_ratio", math.nan) <= 1.2]
+        conv = [r for r in ok
+                if classify_slope_ratio(r.get("avg_slope_ratio", math.nan)) == "converged"]
         s["converged"] = f"{len(conv)}/{len(group)}"
         out.append(s)
     return out

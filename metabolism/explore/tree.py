@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from metabolism.files import write_text_atomically
+from metabolism.metrics import classify_slope_ratio
 
 ROOT = "root"
 
@@ -27,15 +28,8 @@ SLOPE_WEIGHT = 0.7
 
 
 def classify(avg_slope_ratio: float | None) -> str:
-    """The seed's table: 0.8-1.2 converged; 0.3-0.8 or 1.2-3.0 partial; anything else failed."""
-    if avg_slope_ratio is None or not math.isfinite(avg_slope_ratio):
-        return FAILED
-    r = avg_slope_ratio
-    if 0.8 <= r <= 1.2:
-        return CONVERGED
-    if 0.3 <= r < 0.8 or 1.2 < r <= 3.0:
-        return PARTIAL
-    return FAILED
+    """The seed's table (metrics.classify_slope_ratio); a run without a ratio failed."""
+    return FAILED if avg_slope_ratio is None else classify_slope_ratio(avg_slope_ratio)
 
 
 def _finite(x: Any) -> float | None:
