@@ -20,7 +20,7 @@ from typing import Any
 from metabolism.config import SLOT_TIME_STEPS
 from metabolism.explore.mutation import (SHORT_NAMES, STRATEGY_NAMES, format_mutation,
                                          get_dotted, strategy_key, strategy_number)
-from metabolism.explore.tree import CONVERGED, FAILED, PARTIAL, Node, Tree
+from metabolism.explore.tree import CONVERGED, FAILED, PARTIAL, Node, Tree, classify
 from metabolism.files import write_text_atomically
 
 MEMORY_MAX_LINES = 300
@@ -69,8 +69,8 @@ def visual_line(node: Node) -> str:
     magnitude = m.get("phase2_node_magnitude")
     r = node.avg_slope_ratio
     active = magnitude is not None and magnitude > 1e-6 and r is not None and abs(r) > 0.05
-    shape = "flat at zero" if not active else ("near GT" if 0.8 <= (r or 0) <= 1.2 else
-                                               "too weak" if (r or 0) < 0.8 else "too strong")
+    shape = "flat at zero" if not active else ("near GT" if classify(r) == CONVERGED else
+                                               "too weak" if r < 0.8 else "too strong")
     acc, n_cl = m.get("embedding_cluster_acc"), m.get("embedding_n_clusters")
     if acc is None:
         emb = "n/a"

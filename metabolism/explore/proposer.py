@@ -20,7 +20,7 @@ from typing import Any
 
 from metabolism.explore.mutation import (KNOB_RANGES, STRATEGY_NAMES, get_dotted, strategy_key,
                                          strategy_number)
-from metabolism.explore.tree import FAILED, Node, Tree
+from metabolism.explore.tree import CONVERGED, FAILED, Node, Tree, classify
 
 LR_NODE, LR_EMB, DAL, BATCH = (
     "training.learning_rate_node_homeostasis",
@@ -97,11 +97,11 @@ class BuiltinProposer:
             return self._explore(config, history, rng)
         if len(ratios) >= 3 and all(x is not None and abs(x) < NEAR_ZERO for x in ratios[-3:]):
             return self._switch(config, history, rng, "avg_slope_ratio stuck near 0 for 3+ iters")
-        if r is not None and 0.3 <= r <= 3.0 and acc is not None and acc < EMB_STUCK:
+        if classify(r) != FAILED and acc is not None and acc < EMB_STUCK:
             p = self._embedding_focus(config)
             if p.changes:
                 return p
-        if acc is not None and acc >= EMB_SEPARATED and r is not None and not 0.8 <= r <= 1.2:
+        if acc is not None and acc >= EMB_SEPARATED and r is not None and classify(r) != CONVERGED:
             p = self._slope_focus(config, r)
             if p.changes:
                 return p
