@@ -8,6 +8,7 @@ run with no server. ``MLFLOW_TRACKING_URI`` overrides the store (a server, anoth
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import math
 import os
@@ -40,9 +41,34 @@ def ui_command() -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri()}"
 
 
+@contextlib.contextmanager
+def _sqlite_store_lock(uri: str) -> Iterator[None]:
+    """Serialize processes opening a SQLite store: MLflow creates and migrates the schema on
+    first open, and two runs starting together on a fresh store otherwise both migrate it and
+    one fails (alembic 'expected to match one row')."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        yield
+        return
+    lock = Path(uri[len(prefix):]).with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def setup_experiment(name: str) -> str:
     """Point MLflow at our store and return the id of experiment `name` (created if new)."""
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    with _sqlite_store_lock(uri):
+        return _experiment_id(name)
+
+
+def _experiment_id(name: str) -> str:
     client = MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is not None:
