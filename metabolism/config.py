@@ -79,10 +79,16 @@ class Phase1Config:
 
 @dataclass
 class ResidualSupervision:
-    """Strategy 1: supervise MLP_node with (true dc/dt - reaction prediction)."""
+    """Strategy 1: supervise MLP_node with (true dc/dt - reaction prediction).
+
+    loss "huber" bounds the pull of the rare frames where Phase 1's error is large (they are
+    heavy-tailed); huber_scale is the quadratic zone in units of each metabolite's residual MAD.
+    """
 
     enabled: bool = False
     weight: float = 1.0
+    loss: str = "mse"
+    huber_scale: float = 1.0
 
 
 @dataclass
@@ -105,6 +111,10 @@ class Contrastive:
     temperature: float = 0.1
     start_fraction: float = 0.5
     mode: str = "attract"
+    center_curves: bool = False  # compare curve shapes only (each minus its own mean)
+    # the curves are compared on n_grid points between these quantiles of all training
+    # concentrations: the range the data constrains, not MLP_node's extrapolation
+    grid_quantiles: list[float] = field(default_factory=lambda: [0.0, 1.0])
 
 
 @dataclass
@@ -344,6 +354,16 @@ def _check_ranges(cfg: Config) -> None:
     need(cfg.model.n_layers_sub >= 2, "model.n_layers_sub", "must be >= 2")
     need(tr.strategies.gradient_accumulation.steps >= 1,
          "training.strategies.gradient_accumulation.steps", "must be >= 1")
+    st = tr.strategies
+    need(st.residual_supervision.loss in ("mse", "huber"),
+         "training.strategies.residual_supervision.loss", "must be 'mse' or 'huber'")
+    need(st.residual_supervision.huber_scale > 0,
+         "training.strategies.residual_supervision.huber_scale", "must be > 0")
+    need(st.contrastive.mode in ("attract", "neighbour"), "training.strategies.contrastive.mode",
+         "must be 'attract' or 'neighbour'")
+    q = st.contrastive.grid_quantiles
+    need(len(q) == 2 and 0 <= q[0] < q[1] <= 1, "training.strategies.contrastive.grid_quantiles",
+         "must be [low, high] with 0 <= low < high <= 1")
     fr = tr.strategies.multiscale.fractions
     need(len(fr) >= 1 and all(0 < f <= 1 for f in fr), "training.strategies.multiscale.fractions",
          "must be a non-empty list of fractions in (0, 1]")

@@ -69,8 +69,9 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
     base_lrs = [g["lr"] for g in opt.param_groups]
     if st.residual_supervision.enabled:
         res_x, res_y = strat.residual_targets(model, conc, dt)
+        res_scale = strat.residual_scale(res_y)
     if st.contrastive.enabled:
-        grid = torch.linspace(float(conc.min()), float(conc.max()), st.contrastive.n_grid)
+        grid = strat.contrastive_grid(conc, st)
 
     n_updates = cfg.data_augmentation_loop
     accum = strat.accumulation_steps(st)
@@ -98,7 +99,7 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
             if st.residual_supervision.enabled:
                 idx = torch.randint(0, res_x.shape[0], (cfg.batch_size * T,))
                 loss = loss + st.residual_supervision.weight * strat.residual_loss(
-                    model, res_x[idx], res_y[idx])
+                    model, res_x[idx], res_y[idx], st, res_scale)
             if st.contrastive.enabled and frac >= st.contrastive.start_fraction:
                 loss = loss + st.contrastive.weight * strat.contrastive_loss(model, grid, st)
             (loss / accum).backward()

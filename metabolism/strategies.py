@@ -33,8 +33,30 @@ def residual_targets(model, concentrations: torch.Tensor, delta_t: float
     return x, (nxt - x) / delta_t - reaction
 
 
-def residual_loss(model, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    return ((model.node(x) - residual) ** 2).mean()
+def residual_scale(residual: torch.Tensor) -> torch.Tensor:
+    """Per-metabolite robust spread of the residual (MAD x 1.4826, the normal-consistent sigma).
+
+    Computed from data alone, so the Huber zone adapts to each metabolite's own noise level.
+    """
+    med = residual.median(0).values
+    return (1.4826 * (residual - med).abs().median(0).values).clamp_min(1e-12)
+
+
+def residual_loss(model, x: torch.Tensor, residual: torch.Tensor,
+                  cfg: StrategiesConfig | None = None,
+                  scale: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE of MLP_node against the residual, or a Huber loss on it (same value where small).
+
+    Huber: 2 * scale^2 * huber((pred - residual) / scale, delta=huber_scale), which equals the
+    squared error inside the quadratic zone and grows linearly outside it.
+    """
+    err = model.node(x) - residual
+    rs = cfg.residual_supervision if cfg is not None else None
+    if rs is None or rs.loss == "mse":
+        return (err ** 2).mean()
+    z = err / scale
+    return (2 * scale ** 2 * torch.nn.functional.huber_loss(
+        z, torch.zeros_like(z), reduction="none", delta=rs.huber_scale)).mean()
 
 
 # 2. amplification with annealing ---------------------------------------------------------
@@ -62,26 +84,45 @@ def response_curves(model, grid: torch.Tensor) -> torch.Tensor:
     return model.node(c).T
 
 
+def contrastive_grid(concentrations: torch.Tensor, cfg: StrategiesConfig) -> torch.Tensor:
+    """n_grid concentrations spanning the configured quantiles of the training data."""
+    c = cfg.contrastive
+    flat = concentrations.flatten()
+    flat = flat[::max(1, flat.numel() // 1_000_000)]  # torch.quantile caps its input size
+    lo, hi = torch.quantile(flat.float(), torch.tensor(c.grid_quantiles, dtype=torch.float32))
+    return torch.linspace(float(lo), float(hi), c.n_grid)
+
+
+def curve_neighbours(curves: torch.Tensor, cfg: StrategiesConfig) -> torch.Tensor:
+    """p_ij: softmax_j of -|R_i - R_j|^2 / (temperature * median of those distances), i != j.
+
+    R_i is metabolite i's learned response curve (minus its own mean with center_curves).
+    """
+    if cfg.contrastive.center_curves:
+        curves = curves - curves.mean(1, keepdim=True)
+    d_curve = torch.cdist(curves, curves).pow(2)
+    eye = torch.eye(d_curve.shape[0], dtype=torch.bool, device=curves.device)
+    scale = d_curve[~eye].median().clamp_min(1e-20)
+    logits = -d_curve / (cfg.contrastive.temperature * scale)
+    return torch.softmax(logits.masked_fill(eye, -1e9), 1)
+
+
 def contrastive_loss(model, grid: torch.Tensor, cfg: StrategiesConfig) -> torch.Tensor:
     """Neighbour-embedding loss: embeddings should have the neighbours their curves have.
 
-    p_ij: softmax_j of -|R_i - R_j|^2 / (temperature * median of those distances), R_i the
-    learned response curve of metabolite i (detached: what MLP_node has learned, slope and
-    offset alike); q_ij: softmax_j of -|a_i - a_j|^2. The loss KL(p || q) moves only the
-    embeddings. Groups come from learned behaviour, never from labels.
+    p = curve_neighbours of the learned (detached) response curves; "attract" pulls each a_i
+    toward the p-weighted mean of the others, "neighbour" minimises KL(p || q) with q_ij the
+    softmax_j of -|a_i - a_j|^2. Only the embeddings move. Groups come from learned behaviour,
+    never from labels.
     """
     with torch.no_grad():
-        curves = response_curves(model, grid)
-        d_curve = torch.cdist(curves, curves).pow(2)
-        eye = torch.eye(d_curve.shape[0], dtype=torch.bool)
-        scale = d_curve[~eye].median().clamp_min(1e-20)
-        logits = -d_curve / (cfg.contrastive.temperature * scale)
-        p = torch.softmax(logits.masked_fill(eye, -1e9), 1)
+        p = curve_neighbours(response_curves(model, grid), cfg)
     emb = model.embeddings
     if cfg.contrastive.mode == "attract":
         # pull each a_i toward the p-weighted mean of its behavioural neighbours (no
         # repulsion: the node loss keeps differently-behaving groups apart)
         return ((emb - p @ emb.detach()) ** 2).sum(1).mean()
+    eye = torch.eye(emb.shape[0], dtype=torch.bool, device=emb.device)
     d2 = torch.cdist(emb, emb).pow(2)
     log_q = torch.log_softmax((-d2).masked_fill(eye, -1e9), 1)
     return (p * (torch.log(p.clamp_min(1e-12)) - log_q)).masked_fill(eye, 0).sum(1).mean()

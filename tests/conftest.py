@@ -20,9 +20,10 @@ from metabolism.config import Config, config_from_dict, set_dotted  # noqa: E402
 
 # Every strategy of the seed switched on at once (sizes kept small).
 ALL_STRATEGIES = {
-    "residual_supervision": {"enabled": True, "weight": 1.0},
+    "residual_supervision": {"enabled": True, "weight": 1.0, "loss": "huber"},
     "amplification": {"enabled": True, "factor": 10.0, "anneal_start": 0.2, "anneal_end": 0.6},
-    "contrastive": {"enabled": True, "weight": 0.1, "n_grid": 8},
+    "contrastive": {"enabled": True, "weight": 0.1, "n_grid": 8, "temperature": 0.05,
+                    "grid_quantiles": [0.25, 0.75], "center_curves": True},
     "curriculum": {"enabled": True, "final_fraction": 0.5, "switch_at": 0.5,
                    "late_step_weighting": True},
     "lr_schedule": {"enabled": True, "warmup_fraction": 0.2},

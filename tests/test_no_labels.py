@@ -114,7 +114,8 @@ def test_training_function_signatures_have_no_labels():
     from metabolism.phase1 import train_phase1
 
     for fn in (train_phase2, train_phase1, strategies.contrastive_loss,
-               strategies.residual_targets, strategies.residual_loss):
+               strategies.residual_targets, strategies.residual_loss,
+               strategies.residual_scale, strategies.contrastive_grid):
         params = inspect.signature(fn).parameters
         assert not {"types", "labels", "truth", "ground_truth"} & set(params), fn.__name__
 

@@ -263,7 +263,67 @@ def test_residual_loss_is_node_mse(model):
     assert model.mlp_node[0].weight.grad is not None
 
 
+def test_residual_scale_is_a_robust_per_metabolite_sigma():
+    g = torch.Generator().manual_seed(2)
+    sigma = torch.tensor([0.01, 0.1, 1.0])
+    r = torch.randn(20000, 3, generator=g) * sigma
+    clean = strat.residual_scale(r)
+    torch.testing.assert_close(clean, sigma, rtol=0.05, atol=0)
+    r[:1000] = 1e3  # 5% wild frames barely move it
+    assert torch.all(strat.residual_scale(r) < 1.15 * sigma)
+
+
+def test_huber_residual_loss_equals_mse_inside_the_zone_and_caps_outliers(model):
+    cfg = _strategies(residual_supervision={"enabled": True, "loss": "huber",
+                                            "huber_scale": 1.0})
+    x = _c0(b=4)
+    with torch.no_grad():
+        node = model.node(x)
+    scale = torch.full((x.shape[1],), 0.5)
+    small = node + 0.3 * (2 * torch.rand_like(x) - 1)  # every error inside +-0.5
+    huber = strat.residual_loss(model, x, small, cfg, scale).item()
+    assert huber == pytest.approx(strat.residual_loss(model, x, small).item(), rel=1e-5)
+
+    wild = small.clone()
+    wild[0, 0] += 100.0  # one outlier
+    model.zero_grad()
+    strat.residual_loss(model, x, wild, cfg, scale).backward()
+    g_huber = model.mlp_node[-1].bias.grad.clone()
+    model.zero_grad()
+    strat.residual_loss(model, x, wild).backward()
+    g_mse = model.mlp_node[-1].bias.grad.clone()
+    # the outlier's pull: 2*err/n for MSE, at most 2*scale*delta/n for Huber
+    n = x.numel()
+    assert abs(float(g_mse)) > 100.0 / n
+    assert abs(float(g_huber)) <= (2 * 0.5 * 1.0 + 2 * 0.3 * (n - 1)) / n + 1e-6
+
+
 # ----------------------------------------------------------------------------- contrastive
+
+
+def test_contrastive_grid_spans_the_configured_quantiles():
+    conc = torch.arange(1001, dtype=torch.float32).reshape(77, 13)[:, :]  # 0..1000
+    full = strat.contrastive_grid(conc, _strategies(contrastive={"n_grid": 5}))
+    torch.testing.assert_close(full, torch.linspace(0.0, 1000.0, 5))
+    mid = strat.contrastive_grid(conc, _strategies(
+        contrastive={"n_grid": 3, "grid_quantiles": [0.25, 0.75]}))
+    torch.testing.assert_close(mid, torch.tensor([250.0, 500.0, 750.0]))
+
+
+def test_centered_curves_compare_shapes_not_levels():
+    """center_curves: a per-metabolite constant leaves the neighbours unchanged."""
+    g = torch.Generator().manual_seed(4)
+    curves = torch.randn(10, 16, generator=g)
+    shifted = curves + 5.0 * torch.randn(10, 1, generator=g)
+    raw = _strategies(contrastive={"enabled": True})
+    centered = _strategies(contrastive={"enabled": True, "center_curves": True})
+    torch.testing.assert_close(strat.curve_neighbours(shifted, centered),
+                               strat.curve_neighbours(curves, centered))
+    assert not torch.allclose(strat.curve_neighbours(shifted, raw),
+                              strat.curve_neighbours(curves, raw), atol=1e-3)
+    p = strat.curve_neighbours(curves, raw)
+    torch.testing.assert_close(p.sum(1), torch.ones(10))
+    assert torch.all(p.diagonal() == 0)
 
 
 def test_contrastive_loss_takes_no_labels():
