@@ -96,6 +96,16 @@ def test_float_from_yaml_string():
     ({"regime": "x", "simulation": {"n_metabolite_types": 3}}, "simulation.lambda_per_type"),
     ({"training": {"strategies": {"multiscale": {"fractions": [0.0, 1.0]}}}},
      "training.strategies.multiscale.fractions"),
+    ({"training": {"strategies": {"residual_supervision": {"loss": "l1"}}}},
+     "training.strategies.residual_supervision.loss"),
+    ({"training": {"strategies": {"residual_supervision": {"huber_scale": 0.0}}}},
+     "training.strategies.residual_supervision.huber_scale"),
+    ({"training": {"strategies": {"contrastive": {"mode": "atract"}}}},
+     "training.strategies.contrastive.mode"),
+    ({"training": {"strategies": {"contrastive": {"grid_quantiles": [0.8, 0.2]}}}},
+     "training.strategies.contrastive.grid_quantiles"),
+    ({"training": {"strategies": {"contrastive": {"grid_quantiles": [0.5]}}}},
+     "training.strategies.contrastive.grid_quantiles"),
 ])
 def test_range_checks(data, key):
     assert _err(data).startswith(key + ":")
@@ -191,11 +201,19 @@ def test_seed_baseline_slot_configs(slot):
 
 @pytest.mark.parametrize("slot", [0, 1, 2, 3])
 def test_default_slot_configs(slot):
-    """The default slot configs: the fixed time step, residual supervision switched on."""
+    """The default slot configs: the fixed time step, robust residual supervision and the
+    contrastive embedding loss on the data's central concentration range; the long-rollout
+    slots also stop the gradient through the reaction term."""
     cfg = load_config(f"slot{slot}.yaml")
     assert cfg.slot == slot and cfg.regime == "default"
     assert cfg.training.homeostasis_time_step == {0: 4, 1: 16, 2: 32, 3: 64}[slot]
-    assert cfg.training.strategies.enabled_names() == ["residual_supervision"]
+    st = cfg.training.strategies
+    expected = ["residual_supervision", "contrastive"]
+    if slot >= 2:
+        expected.append("gradient_isolation")
+    assert st.enabled_names() == expected
+    assert st.residual_supervision.loss == "huber"
+    assert st.contrastive.grid_quantiles == [0.25, 0.75]
     assert 4 <= cfg.training.batch_size <= 32
     assert 100 <= cfg.training.data_augmentation_loop <= 5000
 
