@@ -19,23 +19,9 @@ import yaml
 from metabolism import tracking
 from metabolism.cli import run_main
 from metabolism.config import CONFIG_DIR, ConfigError, flatten, load_config, parse_override
-from metabolism.study import base_config_summary, plan, run_cells, write_report
+from metabolism.study import VARIANTS, base_config_summary, plan, run_cells, write_report
 
 # Named strategy variants a study can compare (dotted overrides on top of each slot config).
-VARIANTS = {
-    "default": {},
-    "seed_baseline": {  # the seed's starting point: rollout loss only
-        "training.strategies.residual_supervision.enabled": False,
-        "training.learning_rate_embedding_homeostasis": 1e-3,
-    },
-    "rollout_only": {"training.strategies.residual_supervision.enabled": False},
-    "contrastive": {"training.strategies.contrastive.enabled": True},
-    "amplification": {"training.strategies.amplification.enabled": True},
-    "lr_schedule": {"training.strategies.lr_schedule.enabled": True},
-    "gradient_isolation": {"training.strategies.gradient_isolation.enabled": True},
-}
-
-
 def regime_overrides(path: str | None) -> dict:
     """A regime file holds `regime:` plus simulation/model/phase1 sections; flattened."""
     if not path:

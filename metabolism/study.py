@@ -34,6 +34,23 @@ class Cell:
     overrides: dict[str, Any]
 
 
+VARIANTS = {  # overrides on top of each slot config: ablations of what it enables, and additions
+    "default": {},
+    "seed_baseline": {  # the seed's starting point: rollout loss only, no strategies
+        "training.strategies.residual_supervision.enabled": False,
+        "training.strategies.contrastive.enabled": False,
+        "training.strategies.gradient_isolation.enabled": False,
+        "training.learning_rate_embedding_homeostasis": 1e-3,
+    },
+    "rollout_only": {"training.strategies.residual_supervision.enabled": False},
+    "mse_residual": {"training.strategies.residual_supervision.loss": "mse"},
+    "no_contrastive": {"training.strategies.contrastive.enabled": False},
+    "no_gradient_isolation": {"training.strategies.gradient_isolation.enabled": False},
+    "amplification": {"training.strategies.amplification.enabled": True},
+    "lr_schedule": {"training.strategies.lr_schedule.enabled": True},
+}
+
+
 def plan(slots: list[int], seeds: list[int], variants: dict[str, dict[str, Any]],
          base_overrides: dict[str, Any]) -> list[Cell]:
     return [Cell(slot, seed, name, {**base_overrides, **ov, "training.seed": seed})

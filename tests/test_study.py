@@ -4,7 +4,27 @@ from __future__ import annotations
 
 import math
 
-from metabolism.study import plan, summarize, write_report
+import pytest
+
+from metabolism.config import load_config
+from metabolism.study import VARIANTS, plan, summarize, write_report
+
+
+@pytest.mark.parametrize("slot", [0, 1, 2, 3])
+def test_every_variant_changes_every_slot_config(slot):
+    """A variant that leaves a slot config as it is would make an ablation row a copy of the
+    default row; each must load and differ (seed_baseline: no strategy left)."""
+    default = load_config(f"slot{slot}.yaml")
+    for name, overrides in VARIANTS.items():
+        cfg = load_config(f"slot{slot}.yaml", overrides)
+        if name == "default":
+            assert cfg.flat() == default.flat()
+            continue
+        if name == "no_gradient_isolation" and slot < 2:
+            continue  # slots 0 and 1 do not enable it
+        assert cfg.flat() != default.flat(), name
+    baseline = load_config(f"slot{slot}.yaml", VARIANTS["seed_baseline"])
+    assert baseline.training.strategies.enabled_names() == []
 
 
 def test_plan_crosses_variants_slots_and_seeds():
