@@ -115,6 +115,13 @@ class Contrastive:
     # the curves are compared on n_grid points between these quantiles of all training
     # concentrations: the range the data constrains, not MLP_node's extrapolation
     grid_quantiles: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    # at these fractions of training, every a_i jumps to the median embedding of the
+    # reassign_neighbours metabolites whose learned curves best explain i's own residual (an EM
+    # step: attraction alone cannot move a metabolite out of a group it joined early);
+    # reassign_frames sampled frames are compared
+    reassign_at: list[float] = field(default_factory=list)
+    reassign_neighbours: int = 10
+    reassign_frames: int = 256
 
 
 @dataclass
@@ -361,6 +368,11 @@ def _check_ranges(cfg: Config) -> None:
          "training.strategies.residual_supervision.huber_scale", "must be > 0")
     need(st.contrastive.mode in ("attract", "neighbour"), "training.strategies.contrastive.mode",
          "must be 'attract' or 'neighbour'")
+    need(all(0 < f < 1 for f in st.contrastive.reassign_at),
+         "training.strategies.contrastive.reassign_at", "must be fractions of training in (0, 1)")
+    for key in ("reassign_frames", "reassign_neighbours"):
+        need(getattr(st.contrastive, key) >= 1, f"training.strategies.contrastive.{key}",
+             "must be >= 1")
     q = st.contrastive.grid_quantiles
     need(len(q) == 2 and 0 <= q[0] < q[1] <= 1, "training.strategies.contrastive.grid_quantiles",
          "must be [low, high] with 0 <= low < high <= 1")

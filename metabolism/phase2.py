@@ -67,13 +67,16 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
         {"params": [model.embeddings], "lr": cfg.learning_rate_embedding_homeostasis},
     ])
     base_lrs = [g["lr"] for g in opt.param_groups]
-    if st.residual_supervision.enabled:
+    reassign = st.contrastive.enabled and bool(st.contrastive.reassign_at)
+    if st.residual_supervision.enabled or reassign:
         res_x, res_y = strat.residual_targets(model, conc, dt)
         res_scale = strat.residual_scale(res_y)
     if st.contrastive.enabled:
         grid = strat.contrastive_grid(conc, st)
 
     n_updates = cfg.data_augmentation_loop
+    reassign_steps = ({round(f * n_updates) for f in st.contrastive.reassign_at}
+                      if reassign else set())
     accum = strat.accumulation_steps(st)
     result = Phase2Result()
     start = time.perf_counter()
@@ -81,6 +84,10 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
                mininterval=1.0)
     for step in bar:
         frac = step / max(1, n_updates)
+        if step in reassign_steps:
+            errors = strat.fit_errors(model, res_x, res_y, st.contrastive.reassign_frames,
+                                      seed=cfg.seed + step)
+            strat.reassign_embeddings(model, errors, st.contrastive.reassign_neighbours)
         mult = strat.lr_multiplier(st, frac)
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * mult

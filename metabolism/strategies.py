@@ -128,6 +128,39 @@ def contrastive_loss(model, grid: torch.Tensor, cfg: StrategiesConfig) -> torch.
     return (p * (torch.log(p.clamp_min(1e-12)) - log_q)).masked_fill(eye, 0).sum(1).mean()
 
 
+def fit_errors(model, x: torch.Tensor, residual: torch.Tensor, n_frames: int,
+               seed: int = 0) -> torch.Tensor:
+    """e_ij: median over n_frames sampled frames of |MLP_node(c_i(t), a_j) - residual_i(t)|.
+
+    How well metabolite j's learned curve explains metabolite i's own data; (N, N).
+    """
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(x.shape[0], generator=g)[:n_frames]
+    n = x.shape[1]
+    with torch.no_grad():
+        errs = [(model.node(xc[:, :, None].expand(-1, n, n)) - rc[:, :, None]).abs()
+                for xc, rc in zip(x[idx].split(16), residual[idx].split(16))]  # (f, i, j)
+    return torch.cat(errs).median(0).values
+
+
+def reassign_embeddings(model, errors: torch.Tensor, k: int) -> torch.Tensor:
+    """a_i <- coordinate-wise median of a_j over the k metabolites j != i with the lowest e_ij.
+
+    Once the attraction has formed groups, members of a group share its curve, so those k
+    come from the group whose law fits i's data best: a metabolite stuck in the wrong group
+    (or between groups) moves to the right one, the others stay in theirs. The median of k,
+    not the single best j, so that an isolated embedding whose curve happens to fit several
+    metabolites cannot gather them into a group of its own. Returns the new embeddings.
+    """
+    eye = torch.eye(errors.shape[0], dtype=torch.bool, device=errors.device)
+    k = max(1, min(k, errors.shape[0] - 1))
+    best = errors.masked_fill(eye, float("inf")).topk(k, dim=1, largest=False).indices  # (N, k)
+    with torch.no_grad():
+        new = model.embeddings[best].median(1).values
+        model.embeddings.copy_(new)
+    return new
+
+
 # 4. rollout curriculum / 6. multi-scale rollout ---------------------------------------------
 
 

@@ -332,6 +332,81 @@ def test_contrastive_loss_takes_no_labels():
     assert list(inspect.signature(strat.response_curves).parameters) == ["model", "grid"]
 
 
+def _two_law_model(n=16, seed=0):
+    """MLP_node fitted to r = -l_g (c - cb_g) for two interleaved groups, a_i at +-1 by group."""
+    torch.manual_seed(seed)
+    stoich, _ = generate_network(SimulationConfig(n_metabolites=n, n_reactions=20, seed=3))
+    m = MetabolismModel(stoich, ModelConfig(hidden_dim_node=16), concentration_scale=4.0)
+    group = torch.arange(n) % 2
+    lam, cb = torch.tensor([0.5, 1.5])[group], torch.tensor([3.0, 5.0])[group]
+    x = 1.0 + 7.0 * torch.rand(300, n)
+    residual = -lam * (x - cb)
+    with torch.no_grad():
+        m.embeddings.copy_(torch.stack([2.0 * group - 1.0, torch.zeros(n)], 1))
+    opt = torch.optim.Adam(m.mlp_node.parameters(), lr=1e-2)
+    for _ in range(400):
+        opt.zero_grad()
+        loss = ((m.node(x) - residual) ** 2).mean()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05, "precondition: MLP_node represents both laws"
+    return m, x, residual, group
+
+
+def test_fit_errors_compare_every_learned_curve_with_every_residual():
+    m, x, residual, group = _two_law_model()
+    errors = strat.fit_errors(m, x, residual, n_frames=100, seed=1)
+    assert errors.shape == (16, 16)
+    i, j = 3, 8  # one entry by hand, on the same sampled frames
+    idx = torch.randperm(300, generator=torch.Generator().manual_seed(1))[:100]
+    with torch.no_grad():
+        pred = m.node(x[idx, i:i + 1], m.embeddings[j:j + 1])[:, 0]
+    torch.testing.assert_close(errors[i, j], (pred - residual[idx, i]).abs().median())
+    same = group[:, None] == group[None, :]
+    assert errors[same].max() < errors[~same].min()
+
+
+def test_reassignment_moves_stuck_metabolites_to_the_group_their_data_fits():
+    """Three embeddings sit in the other group and one between the groups: their curves are
+    the wrong law, their data is not. One reassignment puts every embedding with its data's
+    group; the rest stay where they were."""
+    m, x, residual, group = _two_law_model()
+    swapped, between = torch.tensor([0, 5, 10]), 7
+    with torch.no_grad():
+        m.embeddings[swapped, 0] *= -1
+        m.embeddings[between] = torch.tensor([0.0, 0.3])
+    before = m.embeddings.detach().clone()
+    new = strat.reassign_embeddings(m, strat.fit_errors(m, x, residual, 200), k=5)
+    torch.testing.assert_close(new, m.embeddings.detach())
+    side = 2.0 * group - 1.0
+    torch.testing.assert_close(m.embeddings[:, 0].detach(), side, atol=1e-6, rtol=0)
+    stayed = torch.ones(16, dtype=torch.bool)
+    stayed[swapped], stayed[between] = False, False
+    torch.testing.assert_close(m.embeddings[stayed].detach(), before[stayed])
+
+
+def test_reassignment_runs_at_the_configured_fractions(tiny_phase1, monkeypatch):
+    cfg0, data_root, ckpt, _ = tiny_phase1
+    data = load_training_data(dataset_dir(cfg0, data_root))
+    d = tiny_dict(**{"training.data_augmentation_loop": 10})
+    d["training"]["strategies"] = {"contrastive": {
+        "enabled": True, "n_grid": 8, "reassign_at": [0.3, 0.8], "reassign_neighbours": 3,
+        "reassign_frames": 16}}
+    cfg = config_from_dict(d)
+    m = load_phase1_model(ckpt, data, cfg)
+    calls = []
+    original = strat.reassign_embeddings
+
+    def recording(model, errors, k):
+        calls.append((tuple(errors.shape), k))
+        return original(model, errors, k)
+
+    monkeypatch.setattr(strat, "reassign_embeddings", recording)
+    train_phase2(m, data, cfg.training, progress=False)
+    n = data.concentrations.shape[1]
+    assert calls == [((n, n), 3), ((n, n), 3)]
+
+
 def _pairwise(emb, a, b):
     return torch.cdist(emb[a], emb[b]).mean().item()
 
