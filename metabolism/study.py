@@ -45,6 +45,7 @@ VARIANTS = {  # overrides on top of each slot config: ablations of what it enabl
     "rollout_only": {"training.strategies.residual_supervision.enabled": False},
     "mse_residual": {"training.strategies.residual_supervision.loss": "mse"},
     "no_contrastive": {"training.strategies.contrastive.enabled": False},
+    "no_reassign": {"training.strategies.contrastive.reassign_at": []},
     "no_gradient_isolation": {"training.strategies.gradient_isolation.enabled": False},
     "amplification": {"training.strategies.amplification.enabled": True},
     "lr_schedule": {"training.strategies.lr_schedule.enabled": True},

@@ -106,6 +106,10 @@ def test_float_from_yaml_string():
      "training.strategies.contrastive.grid_quantiles"),
     ({"training": {"strategies": {"contrastive": {"grid_quantiles": [0.5]}}}},
      "training.strategies.contrastive.grid_quantiles"),
+    ({"training": {"strategies": {"contrastive": {"reassign_at": [0.5, 1.0]}}}},
+     "training.strategies.contrastive.reassign_at"),
+    ({"training": {"strategies": {"contrastive": {"reassign_neighbours": 0}}}},
+     "training.strategies.contrastive.reassign_neighbours"),
 ])
 def test_range_checks(data, key):
     assert _err(data).startswith(key + ":")
@@ -202,8 +206,9 @@ def test_seed_baseline_slot_configs(slot):
 @pytest.mark.parametrize("slot", [0, 1, 2, 3])
 def test_default_slot_configs(slot):
     """The default slot configs: the fixed time step, robust residual supervision and the
-    contrastive embedding loss on the data's central concentration range; the long-rollout
-    slots also stop the gradient through the reaction term."""
+    contrastive embedding loss on the data's central concentration range with one reassignment
+    of the embeddings by fit; the long-rollout slots also stop the gradient through the
+    reaction term."""
     cfg = load_config(f"slot{slot}.yaml")
     assert cfg.slot == slot and cfg.regime == "default"
     assert cfg.training.homeostasis_time_step == {0: 4, 1: 16, 2: 32, 3: 64}[slot]
@@ -214,6 +219,7 @@ def test_default_slot_configs(slot):
     assert st.enabled_names() == expected
     assert st.residual_supervision.loss == "huber"
     assert st.contrastive.grid_quantiles == [0.25, 0.75]
+    assert st.contrastive.reassign_at == [0.8]
     assert 4 <= cfg.training.batch_size <= 32
     assert 100 <= cfg.training.data_augmentation_loop <= 5000
 
@@ -321,7 +327,7 @@ def test_every_named_regime_file_loads_for_every_slot():
 
     cfg_dir = ROOT / "experiments" / "configs"
     files = sorted((cfg_dir / "regimes").glob("*.yaml"))
-    assert {f.stem for f in files} >= {"phase1_short", "phase1_long", "sim_seed_7"}
+    assert {f.stem for f in files} >= {"phase1_short", "phase1_1200", "sim_seed_7"}
     for f in files:
         over = flatten(yaml.safe_load(f.read_text()))
         assert over["regime"] == f.stem, f
