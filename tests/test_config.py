@@ -206,7 +206,7 @@ def test_seed_baseline_slot_configs(slot):
 @pytest.mark.parametrize("slot", [0, 1, 2, 3])
 def test_default_slot_configs(slot):
     """The default slot configs: the fixed time step, robust residual supervision and the
-    contrastive embedding loss on the data's central concentration range with two reassignments
+    contrastive embedding loss on the data's central concentration range with one reassignment
     of the embeddings by fit; the long-rollout slots also stop the gradient through the
     reaction term."""
     cfg = load_config(f"slot{slot}.yaml")
@@ -219,7 +219,7 @@ def test_default_slot_configs(slot):
     assert st.enabled_names() == expected
     assert st.residual_supervision.loss == "huber"
     assert st.contrastive.grid_quantiles == [0.25, 0.75]
-    assert st.contrastive.reassign_at == [0.8, 0.9]
+    assert st.contrastive.reassign_at == [0.8]
     assert 4 <= cfg.training.batch_size <= 32
     assert 100 <= cfg.training.data_augmentation_loop <= 5000
 
