@@ -70,6 +70,7 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
     reassign = st.contrastive.enabled and bool(st.contrastive.reassign_at)
     if st.residual_supervision.enabled or reassign:
         res_x, res_y = strat.residual_targets(model, conc, dt)
+    if st.residual_supervision.enabled:
         res_scale = strat.residual_scale(res_y)
     if st.contrastive.enabled:
         grid = strat.contrastive_grid(conc, st)
