@@ -375,6 +375,11 @@ def _check_ranges(cfg: Config) -> None:
     for key in ("reassign_frames", "reassign_neighbours"):
         need(getattr(st.contrastive, key) >= 1, f"training.strategies.contrastive.{key}",
              "must be >= 1")
+    lr = st.lr_schedule
+    need(0 <= lr.warmup_fraction < 1, "training.strategies.lr_schedule.warmup_fraction",
+         "must be in [0, 1)")
+    for key in ("peak_factor", "min_factor"):
+        need(getattr(lr, key) > 0, f"training.strategies.lr_schedule.{key}", "must be > 0")
     q = st.contrastive.grid_quantiles
     need(len(q) == 2 and 0 <= q[0] < q[1] <= 1, "training.strategies.contrastive.grid_quantiles",
          "must be [low, high] with 0 <= low < high <= 1")

@@ -40,6 +40,7 @@ VARIANTS = {  # overrides on top of each slot config: ablations of what it enabl
         "training.strategies.residual_supervision.enabled": False,
         "training.strategies.contrastive.enabled": False,
         "training.strategies.gradient_isolation.enabled": False,
+        "training.strategies.lr_schedule.enabled": False,
         "training.learning_rate_embedding_homeostasis": 1e-3,
     },
     "rollout_only": {"training.strategies.residual_supervision.enabled": False},
@@ -47,8 +48,12 @@ VARIANTS = {  # overrides on top of each slot config: ablations of what it enabl
     "no_contrastive": {"training.strategies.contrastive.enabled": False},
     "no_reassign": {"training.strategies.contrastive.reassign_at": []},
     "no_gradient_isolation": {"training.strategies.gradient_isolation.enabled": False},
+    "no_lr_schedule": {"training.strategies.lr_schedule.enabled": False},
     "amplification": {"training.strategies.amplification.enabled": True},
-    "lr_schedule": {"training.strategies.lr_schedule.enabled": True},
+    "lr_warmup_peak": {  # the seed's schedule: 10x warmup over 10%, cosine down to 0.1x
+        "training.strategies.lr_schedule.warmup_fraction": 0.1,
+        "training.strategies.lr_schedule.peak_factor": 10.0,
+        "training.strategies.lr_schedule.min_factor": 0.1},
 }
 
 

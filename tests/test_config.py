@@ -110,6 +110,12 @@ def test_float_from_yaml_string():
      "training.strategies.contrastive.reassign_at"),
     ({"training": {"strategies": {"contrastive": {"reassign_neighbours": 0}}}},
      "training.strategies.contrastive.reassign_neighbours"),
+    ({"training": {"strategies": {"lr_schedule": {"warmup_fraction": 1.0}}}},
+     "training.strategies.lr_schedule.warmup_fraction"),
+    ({"training": {"strategies": {"lr_schedule": {"min_factor": 0.0}}}},
+     "training.strategies.lr_schedule.min_factor"),
+    ({"training": {"strategies": {"lr_schedule": {"peak_factor": -1.0}}}},
+     "training.strategies.lr_schedule.peak_factor"),
 ])
 def test_range_checks(data, key):
     assert _err(data).startswith(key + ":")
@@ -207,19 +213,21 @@ def test_seed_baseline_slot_configs(slot):
 def test_default_slot_configs(slot):
     """The default slot configs: the fixed time step, robust residual supervision and the
     contrastive embedding loss on the data's central concentration range with one reassignment
-    of the embeddings by fit; the long-rollout slots also stop the gradient through the
-    reaction term."""
+    of the embeddings by fit, a cosine decay of the learning rates without warmup; the
+    long-rollout slots also stop the gradient through the reaction term."""
     cfg = load_config(f"slot{slot}.yaml")
     assert cfg.slot == slot and cfg.regime == "default"
     assert cfg.training.homeostasis_time_step == {0: 4, 1: 16, 2: 32, 3: 64}[slot]
     st = cfg.training.strategies
-    expected = ["residual_supervision", "contrastive"]
+    expected = ["residual_supervision", "contrastive", "lr_schedule"]
     if slot >= 2:
         expected.append("gradient_isolation")
     assert st.enabled_names() == expected
     assert st.residual_supervision.loss == "huber"
     assert st.contrastive.grid_quantiles == [0.25, 0.75]
     assert st.contrastive.reassign_at == [0.8]
+    assert (st.lr_schedule.warmup_fraction, st.lr_schedule.peak_factor,
+            st.lr_schedule.min_factor) == (0.0, 1.0, 0.05)
     assert 4 <= cfg.training.batch_size <= 32
     assert 100 <= cfg.training.data_augmentation_loop <= 5000
 

@@ -173,6 +173,44 @@ def test_lr_multiplier_shape():
     assert strat.lr_multiplier(_strategies(), 0.5) == 1.0
 
 
+def test_lr_multiplier_without_warmup_is_a_cosine_decay():
+    """The slot configs' form: 1 at the first update, min_factor at the end, no division by
+    the zero warmup fraction."""
+    st = _strategies(lr_schedule={"enabled": True, "warmup_fraction": 0.0, "peak_factor": 1.0,
+                                  "min_factor": 0.05})
+    fracs = np.linspace(0.0, 1.0, 101)
+    got = np.array([strat.lr_multiplier(st, f) for f in fracs])
+    np.testing.assert_allclose(got, 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * fracs)), rtol=1e-12)
+    assert got[0] == pytest.approx(1.0) and got[-1] == pytest.approx(0.05)
+    assert np.all(np.diff(got) < 0)
+
+
+def test_lr_schedule_reaches_the_optimizer(tiny_phase1, monkeypatch):
+    """Both parameter groups (MLP_node, embeddings) step at base lr x the schedule."""
+    cfg0, data_root, ckpt, _ = tiny_phase1
+    d = tiny_dict(**{"training.data_augmentation_loop": 10,
+                     "training.learning_rate_node_homeostasis": 2e-3,
+                     "training.learning_rate_embedding_homeostasis": 4e-3})
+    d["training"]["strategies"] = {"lr_schedule": {
+        "enabled": True, "warmup_fraction": 0.0, "peak_factor": 1.0, "min_factor": 0.05}}
+    cfg = config_from_dict(d)
+    seen = []
+    real_step = torch.optim.Adam.step
+
+    def spy(self, *a, **kw):
+        seen.append([g["lr"] for g in self.param_groups])
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    data = load_training_data(dataset_dir(cfg, data_root))
+    train_phase2(load_phase1_model(ckpt, data, cfg), data, cfg.training, progress=False)
+    assert len(seen) == 10
+    for step, (lr_node, lr_emb) in enumerate(seen):
+        mult = strat.lr_multiplier(cfg.training.strategies, step / 10)
+        assert lr_node == pytest.approx(2e-3 * mult) and lr_emb == pytest.approx(4e-3 * mult)
+    assert seen[0][0] == pytest.approx(2e-3) and seen[-1][0] < 0.1 * 2e-3
+
+
 # ----------------------------------------------------------------------------- lengths
 
 
