@@ -188,6 +188,16 @@ class StrategiesConfig:
         names = self.enabled_names()
         return "+".join(names) if names else "baseline"
 
+    def describe(self) -> str:
+        """Every enabled strategy with its parameters, e.g. 'lr_schedule(warmup_fraction=0.0,
+        ...); ...': the label alone cannot tell two runs of the same combination apart."""
+        parts = []
+        for name in self.enabled_names():
+            params = {k: v for k, v in dataclasses.asdict(getattr(self, name)).items()
+                      if k != "enabled"}
+            parts.append(f"{name}(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")")
+        return "; ".join(parts) if parts else "none"
+
 
 @dataclass
 class TrainingConfig:

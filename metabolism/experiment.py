@@ -229,6 +229,7 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
         metrics = {"phase2_loss": result.final_loss, **evaluator.metrics}
         header = {"run": run_name, "slot": str(cfg.slot),
                   "time_step": str(tr.homeostasis_time_step), "strategy": tr.strategies.label(),
+                  "strategy_params": tr.strategies.describe(),
                   "phase1_checkpoint": f"{ckpt} ({file_hash(ckpt)})",
                   "sweep_range": "per metabolite, its observed [min, max] in the training "
                                  f"data; median low {np.median(evaluator.sweep.low):.3g}, "

@@ -85,6 +85,14 @@ def test_analysis_log_states_sweep_range(e2e):
     assert re.search(r"\d", lines[0]) and "50 points" in lines[0]
 
 
+def test_analysis_log_states_strategies_with_parameters(e2e):
+    text = (e2e["res"].run_dir / "analysis.log").read_text()
+    assert "# strategy: residual_supervision+contrastive\n" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("# strategy_params: "))
+    assert "residual_supervision(weight=1.0" in line and "n_grid=8" in line
+    assert "amplification" not in line  # disabled strategies are not listed
+
+
 def test_plots_exist(e2e):
     run_dir = e2e["res"].run_dir
     tmp = run_dir / "tmp_training"
