@@ -8,6 +8,7 @@ slot x strategy with mean and spread of every metric.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import multiprocessing as mp
 import time
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from metabolism.config import Config, load_config
+from metabolism.config import Config, LRSchedule, load_config
 from metabolism.metrics import classify_slope_ratio
 
 SUMMARY_METRICS = ["avg_slope_ratio", "MLP_node_slope_ratio_0", "MLP_node_slope_ratio_1",
@@ -50,10 +51,9 @@ VARIANTS = {  # overrides on top of each slot config: ablations of what it enabl
     "no_gradient_isolation": {"training.strategies.gradient_isolation.enabled": False},
     "no_lr_schedule": {"training.strategies.lr_schedule.enabled": False},
     "amplification": {"training.strategies.amplification.enabled": True},
-    "lr_warmup_peak": {  # the seed's schedule: 10x warmup over 10%, cosine down to 0.1x
-        "training.strategies.lr_schedule.warmup_fraction": 0.1,
-        "training.strategies.lr_schedule.peak_factor": 10.0,
-        "training.strategies.lr_schedule.min_factor": 0.1},
+    "lr_warmup_peak": {  # the seed's schedule, LRSchedule's defaults: 10x warmup, cosine to 0.1x
+        f"training.strategies.lr_schedule.{k}": v
+        for k, v in dataclasses.asdict(LRSchedule()).items() if k != "enabled"},
 }
 
 
