@@ -83,3 +83,9 @@ def copy_data_root(src: Path, dst: Path) -> Path:
 
     shutil.copytree(src, dst)
     return dst
+
+
+def pytest_report_header(config):
+    from seeds import describe
+
+    return describe()

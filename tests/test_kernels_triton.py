@@ -5,7 +5,8 @@ normal test run this module spawns itself in a subprocess with TRITON_INTERPRET=
 suite never sees the variable). Run directly with
 `TRITON_INTERPRET=1 python -m pytest tests/test_kernels_triton.py`. With a GPU (and the variable
 unset) the same cases run compiled on CUDA tensors, plus the default-regime and N=1000 sizes.
-Each case draws a fresh seed (override with KERNEL_TEST_SEED) and reports it on failure.
+Each case uses a seed fixed by its name (KERNEL_TEST_SEED=<int> or =random overrides it, see
+tests/seeds.py) and reports it on failure.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ else:
     from kernels import euler_rollout, euler_rollout_reference
     from kernels import triton_rollout
     from kernels.problems import random_problem
+    from seeds import kernel_seed
 
     # (name, sizes for random_problem, rollout kwargs)
     CASES = [
@@ -78,7 +80,8 @@ else:
         [(c, torch.float32, 2e-3) for c in CASES if c[0] in FP32_CASES]
 
     def _seed() -> int:
-        return int(os.environ.get("KERNEL_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
+        """Fixed per test case (tests/seeds.py); KERNEL_TEST_SEED=random draws fresh ones."""
+        return kernel_seed(os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0])
 
     def _run(problem, dtype, backend, rollout_kw):
         p = problem.to(dtype, DEVICE)

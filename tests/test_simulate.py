@@ -22,8 +22,15 @@ TRUTH = GroundTruth(log10_k=LOG10_K, types=np.array([0, 0, 1]),
                     lambda_per_type=np.array([0.1, 0.2]), baseline_per_type=np.array([4.0, 6.0]))
 
 
-def test_hand_network_is_mass_conserving():
-    np.testing.assert_array_equal(S.sum(0), 0)
+def test_reactions_alone_conserve_total_mass():
+    """Every column of S sums to zero, so without homeostasis (and away from the clamp) the
+    simulator must keep sum(c) constant: a wrong sign or index in the update breaks this."""
+    no_homeo = GroundTruth(log10_k=LOG10_K, types=TRUTH.types,
+                           lambda_per_type=np.zeros(2), baseline_per_type=TRUTH.baseline_per_type)
+    traj = simulate(np.array([2.0, 3.0, 5.0]), STOICH, no_homeo, 0.01, 50)
+    assert np.all(traj > 0)
+    np.testing.assert_allclose(traj.sum(1), 10.0, rtol=1e-12)
+    assert np.abs(np.diff(traj, axis=0)).max() > 1e-3  # it did move
 
 
 def test_reaction_rates_explicit_product():

@@ -164,9 +164,13 @@ def failing_slot1_runner(cfg: Config, parent_run_id: str | None, extra_tags: dic
 
 
 def sleepy_runner(cfg: Config, parent_run_id: str | None, extra_tags: dict[str, str]):
-    """Synthetic after EXPLORE_FAKE_SLEEP seconds; logs start/done to EXPLORE_FAKE_CALLS."""
+    """Synthetic after EXPLORE_FAKE_SLEEP seconds; logs start/done to EXPLORE_FAKE_CALLS.
+
+    Nodes numbered EXPLORE_FAKE_HOLD_FROM or later never finish, so a fault test can kill the
+    loop at a known point instead of racing a timer."""
     calls = os.environ.get("EXPLORE_FAKE_CALLS")
     node = extra_tags.get("node_id", "?")
+    hold_from = os.environ.get("EXPLORE_FAKE_HOLD_FROM")
 
     def note(what: str) -> None:
         if calls:
@@ -175,6 +179,8 @@ def sleepy_runner(cfg: Config, parent_run_id: str | None, extra_tags: dict[str, 
 
     note("start")
     time.sleep(float(os.environ.get("EXPLORE_FAKE_SLEEP", "1.0")))
+    while hold_from and node.isdigit() and int(node) >= int(hold_from):
+        time.sleep(0.1)
     result = synthetic_runner(cfg, parent_run_id, extra_tags)
     note("done")
     return result
