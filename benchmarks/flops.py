@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from kernels.reference import FrozenReactions, Layers
+from kernels.functional import FrozenReactions, Layers
 
 
 def mlp_flops(layers: Layers) -> int:

@@ -17,7 +17,7 @@ import torch
 from benchmarks.conftest import RESULTS
 from benchmarks.flops import peak_flops, rollout_flops
 from benchmarks.variants import VARIANTS
-from kernels.problems import random_problem
+from benchmarks.problems import random_problem
 from metabolism.config import ModelConfig
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.reference import (FrozenReactions, Layers, euler_rollout_reference, mlp, node_dcdt,
-                               reaction_dcdt)
+from kernels import (FrozenReactions, Layers, euler_rollout_reference, mlp, node_dcdt,
+                     reaction_dcdt)
 
 
 def naive_loop_rollout(c0: torch.Tensor, embeddings: torch.Tensor, node_layers: Layers,

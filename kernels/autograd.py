@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from kernels.reference import FrozenReactions, Layers
+from kernels.functional import FrozenReactions, Layers
 from kernels.triton_rollout import (ReactionPlan, layers_width, pack_layers, rollout_backward,
                                     rollout_forward)
 

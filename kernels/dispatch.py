@@ -10,7 +10,8 @@ import os
 
 import torch
 
-from kernels.reference import FrozenReactions, Layers, euler_rollout_reference
+from kernels.functional import FrozenReactions, Layers
+from kernels.reference import euler_rollout_reference
 
 ENV_VAR = "METABOLISM_ROLLOUT_BACKEND"
 BACKENDS = ("auto", "torch", "triton")

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.reference import FrozenReactions, Layers
+from kernels.functional import FrozenReactions, Layers
 
 
 # ----------------------------------------------------------------------------- device helpers

@@ -12,7 +12,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from kernels.reference import FrozenReactions, Layers, mlp
+from kernels import FrozenReactions, Layers, mlp
 from metabolism.config import ModelConfig
 from metabolism.network import Stoichiometry
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from kernels.reference import reaction_rates
+from kernels import reaction_rates
 from metabolism.config import Phase1Config
 from metabolism.data import TrainingData
 from metabolism.model import MetabolismModel

@@ -11,7 +11,7 @@ import random
 
 import torch
 
-from kernels.reference import reaction_dcdt
+from kernels import reaction_dcdt
 from metabolism.config import StrategiesConfig
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from kernels import available_backends, euler_rollout, euler_rollout_reference, resolve_backend
-from kernels.problems import random_problem
-from kernels.reference import node_dcdt, reaction_dcdt
+from benchmarks.problems import random_problem
+from kernels import node_dcdt, reaction_dcdt
 from seeds import kernel_seed
 
 
@@ -161,3 +161,26 @@ def test_auto_keeps_the_reference_where_the_fused_kernel_measured_slower():
     assert fused_pays_off(8, 100, 132) and fused_pays_off(8, 1000, 132)
     assert not fused_pays_off(8, 10000, 132) and not fused_pays_off(64, 10000, 132)
     assert fused_pays_off(1024, 10000, 132)
+
+
+def test_kernels_package_stands_alone():
+    """kernels/ is an op package: importing every module of it loads nothing from metabolism."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pkg = Path(__file__).resolve().parents[1] / "kernels"
+    for f in pkg.glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] == "metabolism" for n in names), f"{f.name}: {names}"
+    mods = [f"kernels.{f.stem}" for f in pkg.glob("*.py")
+            if f.stem not in ("__init__", "aot", "triton_rollout", "autograd")]
+    code = (f"import sys, importlib; [importlib.import_module(m) for m in {mods!r}]; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'metabolism'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=pkg.parent, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout

@@ -39,7 +39,7 @@ if not INTERPRETED and not ON_GPU:
 else:
     from kernels import euler_rollout, euler_rollout_reference
     from kernels import triton_rollout
-    from kernels.problems import random_problem
+    from benchmarks.problems import random_problem
     from seeds import kernel_seed
 
     # (name, sizes for random_problem, rollout kwargs)

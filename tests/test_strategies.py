@@ -12,7 +12,7 @@ import torch
 
 import metabolism.phase2 as phase2_mod
 from conftest import ALL_STRATEGIES, tiny_dict
-from kernels.reference import reaction_dcdt
+from kernels import reaction_dcdt
 from metabolism import strategies as strat
 from metabolism.config import ModelConfig, SimulationConfig, StrategiesConfig, config_from_dict
 from metabolism.data import dataset_dir, load_training_data

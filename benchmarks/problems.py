@@ -2,6 +2,8 @@
 
 Why: tests and benchmarks need the same realistic inputs at arbitrary sizes: a network from
 metabolism.network.generate_network plus randomly initialised MLPs shaped like the real model.
+It lives beside the benchmarks, not in kernels/, because it needs the application's network
+generator and the kernels package imports nothing from metabolism.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.reference import FrozenReactions, Layers
+from kernels.functional import FrozenReactions, Layers
 
 
 @dataclass
