@@ -78,3 +78,14 @@ def test_bad_agent_answer_is_logged_and_replaced_by_builtin(tmp_path, body, why)
     assert tree.nodes[3].mutation  # the built-in proposal was applied instead
     log = (study.dir / "agent.log").read_text()
     assert log.count("agent answer rejected") == 4 and why in log
+
+
+def test_agent_reads_the_seed_instructions_shipped_in_the_repository(tmp_path):
+    """A clone has no ../shared: the agent's instructions come from docs/seed in the repo."""
+    from metabolism.explore.loop import DEFAULT_INSTRUCTIONS, REPO_ROOT, StudyError, read_instructions
+    assert DEFAULT_INSTRUCTIONS.is_relative_to(REPO_ROOT) and DEFAULT_INSTRUCTIONS.is_file()
+    text = read_instructions(None)
+    assert "Phase 2" in text and "MLP_node" in text
+    with pytest.raises(StudyError, match="no_such_file.txt"):
+        read_instructions(tmp_path / "no_such_file.txt")
+

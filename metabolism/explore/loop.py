@@ -25,9 +25,8 @@ from metabolism.explore.runners import DEFAULT_RUNNER
 from metabolism.explore.tree import FAILED, ROOT, SLOPE_WEIGHT, Node, Tree, classify, reward
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-INSTRUCTION_CANDIDATES = (REPO_ROOT / "seed" / "phase2_homeostasis_instructions.txt",
-                          REPO_ROOT / "shared" / "seed" / "phase2_homeostasis_instructions.txt",
-                          REPO_ROOT.parent / "shared" / "seed" / "phase2_homeostasis_instructions.txt")
+# The research instructions an agent receives live in the repository, so a clone runs alone.
+DEFAULT_INSTRUCTIONS = REPO_ROOT / "docs" / "seed" / "phase2_homeostasis_instructions.txt"
 
 
 # The tree plot is redrawn after a round only when the round took at least this long (real
@@ -88,11 +87,11 @@ def load_base_configs(slots: list[int], config_dir: Path, overrides: dict[str, A
 
 
 def read_instructions(path: Path | None) -> str:
-    for p in ([path] if path else []) + list(INSTRUCTION_CANDIDATES):
-        if p and Path(p).is_file():
-            return Path(p).read_text()
-    return ("(seed instructions file not found; follow the strategy-selection table: exploit "
-            "the highest-UCB node, switch code strategy when avg_slope_ratio is stuck near 0)")
+    """The seed instructions for the agent: `path` if given, else the repository's copy."""
+    p = Path(path) if path else DEFAULT_INSTRUCTIONS
+    if not p.is_file():
+        raise StudyError(f"--instructions {p}: no such file")
+    return p.read_text()
 
 
 class Study:
