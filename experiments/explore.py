@@ -22,6 +22,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # this checkout's package, not another installed copy
 
+from metabolism.cli import add_compute_args, compute_overrides  # noqa: E402
 from metabolism.config import CONFIG_DIR, ConfigError, parse_override  # noqa: E402
 from metabolism.explore.agent import AgentHook  # noqa: E402
 from metabolism.explore.backends import BackendError, make_backend  # noqa: E402
@@ -53,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runner", default=os.environ.get(RUNNER_ENV, DEFAULT_RUNNER),
                    help=f"module:function performing one run (default {DEFAULT_RUNNER})")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the study to MLflow")
+    add_compute_args(p)
     return p.parse_args(argv)
 
 
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         check_runner(args.runner)
-        overrides = dict(parse_override(o) for o in args.override)
+        overrides = {**compute_overrides(args), **dict(parse_override(o) for o in args.override)}
         study_dir = args.studies_root / args.study
         base = {} if (study_dir / "tree.json").exists() else load_base_configs(
             args.slots, args.config_dir, overrides)

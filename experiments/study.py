@@ -17,7 +17,7 @@ import mlflow
 import yaml
 
 from metabolism import tracking
-from metabolism.cli import run_main
+from metabolism.cli import add_compute_args, compute_overrides, run_main
 from metabolism.config import CONFIG_DIR, ConfigError, flatten, load_config, parse_override
 from metabolism.study import VARIANTS, base_config_summary, plan, run_cells, write_report
 
@@ -49,9 +49,11 @@ def main() -> None:
     ap.add_argument("--data-root", type=Path, default=Path("data"))
     ap.add_argument("--runs-root", type=Path, default=Path("runs"))
     ap.add_argument("--studies-root", type=Path, default=Path("studies"))
+    add_compute_args(ap)
     args = ap.parse_args()
 
     base = regime_overrides(args.regime)
+    base.update(compute_overrides(args))
     for text in args.override:
         k, v = parse_override(text)
         base[k] = v

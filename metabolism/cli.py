@@ -25,6 +25,25 @@ QUICK_OVERRIDES = {
 }
 
 
+def add_compute_args(p: argparse.ArgumentParser) -> None:
+    """--device, --threads, --rollout-backend: shortcuts for the config's compute section."""
+    p.add_argument("--device", metavar="auto|cpu|cuda|cuda:N",
+                   help="where runs compute (compute.device; auto = CUDA when available)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch intra-op CPU threads per run (compute.threads; 0 = torch's "
+                        "default, every core)")
+    p.add_argument("--rollout-backend", choices=["auto", "torch", "triton"],
+                   help="Phase 2 rollouts: auto (fused kernel on CUDA), torch, or triton "
+                        "(compute.rollout_backend)")
+
+
+def compute_overrides(args: argparse.Namespace) -> dict:
+    """The compute flags given on the command line, as dotted overrides."""
+    pairs = (("compute.device", args.device), ("compute.threads", args.threads),
+             ("compute.rollout_backend", args.rollout_backend))
+    return {k: v for k, v in pairs if v is not None}
+
+
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="slot3.yaml",
                    help="YAML path, or a bare name looked up in experiments/configs/")
@@ -35,6 +54,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", type=Path, default=Path("data"))
     p.add_argument("--runs-root", type=Path, default=Path("runs"))
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_compute_args(p)
 
 
 def parse_config_args(doc: str) -> tuple[argparse.Namespace, Config]:
@@ -53,6 +73,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         overrides.update(QUICK_OVERRIDES)
         overrides["slot"] = None  # the slot's fixed time step is kept, capped for 300 frames
         overrides["training.homeostasis_time_step"] = min(base.training.homeostasis_time_step, 16)
+    overrides.update(compute_overrides(args))
     for text in args.override:
         key, value = parse_override(text)
         overrides[key] = value

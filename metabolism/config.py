@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 SLOT_TIME_STEPS = {0: 4, 1: 16, 2: 32, 3: 64}
 
 DEFAULT_REGIME = "default"
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
 class ConfigError(ValueError):
@@ -233,6 +236,21 @@ class TrackingConfig:
 
 
 @dataclass
+class ComputeConfig:
+    """Where a run computes; none of it changes what a run learns beyond floating-point noise,
+    so it is not part of any cache key (a Phase 1 checkpoint made on a GPU serves a CPU run)."""
+
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
+    # torch intra-op threads; 0 = torch's default (every core). 1: on these small matrices extra
+    # threads buy little alone and collapse when the cores are shared (benchmarks/shared_cpu.py)
+    threads: int = 1
+    dtype: str = "float32"  # Phase 2 training precision: float32 | float64
+    # auto: the fused Triton kernel on CUDA, torch elsewhere; triton forces the kernel (CPU
+    # tensors need TRITON_INTERPRET=1); torch forces the reference
+    rollout_backend: str = "auto"
+
+
+@dataclass
 class Config:
     regime: str = DEFAULT_REGIME
     slot: int | None = None
@@ -242,6 +260,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     source: str = field(default="", metadata={"internal": True})
 
     # ------------------------------------------------------------------ derived views
@@ -393,6 +412,13 @@ def _check_ranges(cfg: Config) -> None:
     q = st.contrastive.grid_quantiles
     need(len(q) == 2 and 0 <= q[0] < q[1] <= 1, "training.strategies.contrastive.grid_quantiles",
          "must be [low, high] with 0 <= low < high <= 1")
+    comp = cfg.compute
+    need(DEVICE_PATTERN.match(comp.device) is not None, "compute.device",
+         f"must be auto, cpu, cuda or cuda:N, got {comp.device!r}")
+    need(comp.threads >= 0, "compute.threads", "must be >= 0 (0 = torch's default)")
+    need(comp.dtype in ("float32", "float64"), "compute.dtype", "must be 'float32' or 'float64'")
+    need(comp.rollout_backend in ("auto", "torch", "triton"), "compute.rollout_backend",
+         "must be 'auto', 'torch' or 'triton'")
     fr = tr.strategies.multiscale.fractions
     need(len(fr) >= 1 and all(0 < f <= 1 for f in fr), "training.strategies.multiscale.fractions",
          "must be a non-empty list of fractions in (0, 1]")

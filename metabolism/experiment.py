@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from mlflow.entities import Metric
 
-from metabolism import plots, tracking
+from metabolism import compute, plots, tracking
 from metabolism.config import Config
 from metabolism.data import (TrainingData, dataset_dir, ensure_dataset, load_ground_truth,
                              load_training_data)
@@ -68,15 +68,18 @@ def ensure_phase1(cfg: Config, data_root: Path, progress: bool = True,
     info_path = path.with_suffix(".json")
     if path.is_file() and info_path.is_file():
         return path, json.loads(info_path.read_text())
-    _say(f"building Phase 1 checkpoint {path}", quiet)
+    device = compute.setup(cfg.compute)
+    _say(f"building Phase 1 checkpoint {path} on {device}", quiet)
     data, truth = load_training_data(folder), load_ground_truth(folder)
     torch.manual_seed(cfg.phase1.seed)
-    model = new_model(data, cfg)
+    model = new_model(data, cfg).to(device)
     res = train_phase1(model, data, cfg.phase1, progress=progress)
+    model = model.cpu_copy()  # the checkpoint holds CPU tensors: it loads on any device
     r2 = rate_constants_r2(model.log10_k.detach().double().numpy(), data.stoich,
                            model.sub_scale(), truth)
     info = {"rate_constants_R2": r2, "seconds": res.seconds, "final_loss": res.losses[-1],
-            "n_steps": cfg.phase1.n_steps}
+            "n_steps": cfg.phase1.n_steps, "device": str(device),
+            "device_name": compute.device_name(device)}
     # parallel slot runs may build the same checkpoint at once
     replace_atomically(path, lambda fh: torch.save({"state_dict": model.state_dict(),
                                                     "info": info}, fh))
@@ -117,6 +120,7 @@ class _Evaluator:
         self.sweep = None
 
     def __call__(self, step: int, model) -> None:
+        model = model.cpu_copy()
         metrics, sweep = evaluate(model, self.data.concentrations, self.data.stoich, self.truth,
                                   self.cfg.evaluation)
         self.metrics, self.sweep = metrics, sweep
@@ -196,7 +200,8 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
         runs_root / cfg.tracking.experiment / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     tr = cfg.training
-    tags = {"slot": str(cfg.slot), "time_step": str(tr.homeostasis_time_step),
+    device = compute.setup(cfg.compute)
+    tags = {**compute.device_tags(device), "rollout_backend": cfg.compute.rollout_backend,"slot": str(cfg.slot), "time_step": str(tr.homeostasis_time_step),
             "strategy": tr.strategies.label(), "phase1_checkpoint": file_hash(ckpt),
             "phase1_rate_constants_R2": f"{p1_info['rate_constants_R2']:.4f}",
             "git_commit": tracking.git_commit(), "regime": cfg.regime,
@@ -208,13 +213,15 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
         _say(f"run folder: {run_dir}\nMLflow run: {run_id} (experiment "
              f"'{cfg.tracking.experiment}', store {tracking.tracking_uri()})", quiet)
         tracking.log_params_flat(cfg.flat())
-        model = load_phase1_model(ckpt, data, cfg)
+        model = load_phase1_model(ckpt, data, cfg).to(
+            device=device, dtype=compute.training_dtype(cfg.compute))
         evaluator = _Evaluator(run_dir, data, truth, cfg)
         eval_every = tr.plot_every or max(1, tr.data_augmentation_loop // 4)
         result = partial = None
         try:
             result = train_phase2(model, data, tr, on_eval=lambda s, m: evaluator(s, m),
-                                  eval_every=eval_every, progress=progress)
+                                  eval_every=eval_every, progress=progress,
+                                  rollout_backend=compute.rollout_backend(cfg.compute))
         except DivergenceError as exc:  # the updates before the divergence still count
             partial = exc.result
             raise
@@ -237,12 +244,14 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
                                  f"{cfg.evaluation.n_sweep_points} points",
                   "dbscan": f"eps={cfg.evaluation.cluster_distance_threshold}, "
                             f"min_samples={cfg.evaluation.dbscan_min_samples}",
-                  "training_seconds": f"{result.seconds:.1f}"}
+                  "training_seconds": f"{result.seconds:.1f}",
+                  "device": f"{device} ({compute.device_name(device)}), "
+                            f"{torch.get_num_threads()} torch threads"}
         write_analysis_log(run_dir / "analysis.log", metrics, header)
         tracking.log_metrics_finite({"phase2_loss": result.final_loss},
                                     step=tr.data_augmentation_loop)
         tracking.log_metrics_finite(metrics)
-        torch.save({"state_dict": model.state_dict(), "config": cfg.to_dict(),
+        torch.save({"state_dict": model.cpu_copy().state_dict(), "config": cfg.to_dict(),
                     "phase1_checkpoint": str(ckpt)}, run_dir / "phase2_checkpoint.pt")
         mlflow.log_artifact(str(run_dir / "analysis.log"))
         mlflow.log_artifact(str(run_dir / "config.yaml"))

@@ -137,7 +137,7 @@ def node_fn_of(model) -> callable:
     """Wrap model.node for numpy grids (P, N) -> (P, N), no gradients."""
     def fn(grid: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            c = torch.as_tensor(grid, dtype=torch.float32, device=model.S.device)
+            c = torch.as_tensor(grid, dtype=model.S.dtype, device=model.S.device)
             return model.node(c).cpu().double().numpy()
     return fn
 

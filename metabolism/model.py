@@ -7,6 +7,7 @@ with the fixed input scaling folded into the first layer so kernels see plain ta
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import torch
@@ -70,7 +71,7 @@ class MetabolismModel(nn.Module):
     # ------------------------------------------------------------------ functional views
 
     def _input_scale(self, n_extra: int) -> torch.Tensor:
-        one = torch.ones(n_extra, device=self.S.device)
+        one = torch.ones(n_extra, dtype=self.S.dtype, device=self.S.device)
         return torch.cat([(1.0 / self.concentration_scale).reshape(1), one])
 
     def sub_layers(self) -> Layers:
@@ -103,7 +104,7 @@ class MetabolismModel(nn.Module):
     def sub_scale(self) -> float:
         """alpha = |MLP_sub(c=1, |s|=1)|: the scale the product form cannot separate from k."""
         with torch.no_grad():
-            x = torch.tensor([[1.0, 1.0]], device=self.S.device)
+            x = torch.tensor([[1.0, 1.0]], dtype=self.S.dtype, device=self.S.device)
             return float(mlp(x, self.sub_layers()).abs())
 
     # ------------------------------------------------------------------ parameter groups
@@ -116,6 +117,13 @@ class MetabolismModel(nn.Module):
 
     def phase1_state(self) -> dict[str, torch.Tensor]:
         return {n: t for n, t in self.state_dict().items() if n.startswith(self.PHASE1_PREFIXES)}
+
+    def cpu_copy(self) -> "MetabolismModel":
+        """A detached copy on the CPU (same precision): what metrics, plots and checkpoints
+        read, whatever device training runs on."""
+        out = copy.deepcopy(self).cpu()
+        out._frozen_cache = out._index_cache = None
+        return out
 
     def freeze_phase1(self) -> None:
         for p in self.phase1_parameters():

@@ -38,9 +38,10 @@ class Phase1Result:
     seconds: float
 
 
-def finite_difference_targets(data: TrainingData) -> tuple[torch.Tensor, torch.Tensor]:
+def finite_difference_targets(data: TrainingData, device=None
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
     """(c_t, (c_{t+1} - c_t)/dt) over the transitions with no clamped entry, (F', N) each."""
-    c = torch.as_tensor(data.concentrations, dtype=torch.float32)
+    c = torch.as_tensor(data.concentrations, dtype=torch.float32, device=device)
     x, nxt = c[:-1], c[1:]
     keep = (nxt > 0).all(1)
     return x[keep], ((nxt - x) / data.delta_t)[keep]
@@ -73,7 +74,7 @@ class LinearSystem:
         self.mask = torch.gather(nz, 1, order)
         self.SJ = torch.gather(S, 1, order) * self.mask  # S_ij on the block, 0 on padding
         self.S = S
-        metab = torch.arange(self.N)
+        metab = torch.arange(self.N, device=S.device)
         cols = [self.J] + ([self.R + metab[:, None], self.R + self.N + metab[:, None]]
                            if drift else [])
         self.cols = torch.cat(cols, 1)  # (N, P [+ 2]) unknown index per block column
@@ -91,9 +92,9 @@ class LinearSystem:
         Q = self.cols.shape[1]
         rows = self.cols[:, :, None].expand(-1, -1, Q)
         colsq = self.cols[:, None, :].expand(-1, Q, -1)
-        A = torch.zeros(self.n_unknowns, self.n_unknowns, dtype=G.dtype)
+        A = torch.zeros(self.n_unknowns, self.n_unknowns, dtype=G.dtype, device=G.device)
         A = A.index_put((rows.flatten(), colsq.flatten()), blocks.flatten(), accumulate=True)
-        b = torch.zeros(self.n_unknowns, dtype=G.dtype)
+        b = torch.zeros(self.n_unknowns, dtype=G.dtype, device=G.device)
         b = b.index_put((self.cols.flatten(),), rhs.flatten(), accumulate=True)
         diag = A.diagonal()
         A = A + torch.diag(ridge * diag.abs().mean() + (diag == 0).double())
@@ -102,7 +103,7 @@ class LinearSystem:
     def split(self, sol: torch.Tensor):
         k = sol[: self.R]
         if not self.drift:
-            z = torch.zeros(self.N, dtype=sol.dtype)
+            z = torch.zeros(self.N, dtype=sol.dtype, device=sol.device)
             return k, z, z
         return k, sol[self.R:self.R + self.N], sol[self.R + self.N:]
 
@@ -117,7 +118,7 @@ def rates_to_log10(k: torch.Tensor) -> torch.Tensor:
     ok = k > 0
     out = torch.full_like(k, float("nan"))
     out[ok] = torch.log10(k[ok])
-    fill = out[ok].median() if ok.any() else torch.tensor(0.0, dtype=k.dtype)
+    fill = out[ok].median() if ok.any() else torch.tensor(0.0, dtype=k.dtype, device=k.device)
     return torch.where(ok, out, fill)
 
 
@@ -138,7 +139,8 @@ def _fit(model, x, y, w_all, cfg: Phase1Config, warmup: LinearSystem, system: Li
         frac = step / max(1, total_steps - 1)  # cosine decay to 1% for a precise finish
         opt.param_groups[0]["lr"] = cfg.learning_rate_sub * (
             0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
-        idx = torch.randint(0, x.shape[0], (min(cfg.batch_size, x.shape[0]),))
+        # drawn on the CPU generator: the same batches on every device
+        idx = torch.randint(0, x.shape[0], (min(cfg.batch_size, x.shape[0]),)).to(x.device)
         xb, yb, wb = x[idx], y[idx], w_all[idx]
         G = _features(model, xb)
         sys_now = warmup if step < n_warmup else system
@@ -159,13 +161,14 @@ def _fit(model, x, y, w_all, cfg: Phase1Config, warmup: LinearSystem, system: Li
 
 def train_phase1(model: MetabolismModel, data: TrainingData, cfg: Phase1Config,
                  progress: bool = True) -> Phase1Result:
-    """Pick the best of `n_restarts` MLP_sub initialisations after a short trial, train it on.
+    """Pick the best of `n_restarts` MLP_sub initialisations after a short trial, train it on
+    (on the model's device).
 
     Some initialisations collapse to a flat MLP_sub (a fit of constant rates) that Adam does
     not leave; a short trial from several starts, judged by the training loss alone, avoids it.
     """
     torch.manual_seed(cfg.seed)
-    x, y = finite_difference_targets(data)
+    x, y = finite_difference_targets(data, model.S.device)
     w_all = relative_weights(y, cfg.relative_weight_floor)
     warmup = LinearSystem(model.S, drift=False)
     system = LinearSystem(model.S, cfg.drift_correction)

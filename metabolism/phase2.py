@@ -40,24 +40,33 @@ class Phase2Result:
     seconds: float = 0.0
 
 
+# phase2_loss is measured from this many evenly spaced start frames
+EVAL_STARTS = 64
+
+
 def evaluation_loss(model, conc: torch.Tensor, time_step: int, delta_t: float,
-                    n_starts: int = 64) -> float:
+                    n_starts: int | None = None, backend: str | None = None) -> float:
     """Rollout MSE from evenly spaced start frames: comparable across runs of a slot."""
-    starts = torch.linspace(0, conc.shape[0] - 1 - time_step, n_starts).long()
-    offsets = torch.arange(1, time_step + 1)
+    n_starts = EVAL_STARTS if n_starts is None else n_starts
+    starts = torch.linspace(0, conc.shape[0] - 1 - time_step, n_starts).long().to(conc.device)
+    offsets = torch.arange(1, time_step + 1, device=conc.device)
     with torch.no_grad():
-        pred = rollout(model, conc[starts], time_step, delta_t)
+        pred = rollout(model, conc[starts], time_step, delta_t, backend=backend)
         return float(((pred - conc[starts[:, None] + offsets]) ** 2).mean())
 
 
 def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig, *,
                  on_eval: Callable[[int, MetabolismModel], None] | None = None,
-                 eval_every: int = 0, progress: bool = True) -> Phase2Result:
+                 eval_every: int = 0, progress: bool = True,
+                 rollout_backend: str | None = None) -> Phase2Result:
+    """Trains on the model's device and in its precision; rollout_backend as in
+    kernels.euler_rollout (None: $METABOLISM_ROLLOUT_BACKEND, else 'auto')."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     st = cfg.strategies
     dt = data.delta_t
-    conc = torch.as_tensor(data.concentrations, dtype=torch.float32)
+    device = model.S.device
+    conc = torch.as_tensor(data.concentrations, dtype=model.embeddings.dtype, device=device)
     T = cfg.homeostasis_time_step
 
     model.freeze_phase1()
@@ -97,15 +106,16 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
         total, rollout_total = 0.0, 0.0
         for _ in range(accum):
             length = strat.rollout_length(st, T, frac, rng)
-            starts = torch.randint(0, conc.shape[0] - length, (cfg.batch_size,))
-            target = conc[starts[:, None] + torch.arange(1, length + 1)]  # (B, L, N)
+            # indices come from the CPU generator: the same batches on every device
+            starts = torch.randint(0, conc.shape[0] - length, (cfg.batch_size,)).to(device)
+            target = conc[starts[:, None] + torch.arange(1, length + 1, device=device)]  # (B,L,N)
             pred = rollout(model, conc[starts], length, dt, node_scale=node_scale,
-                           reaction_grad=strat.reaction_gradient(st))
-            w = strat.time_weights(st, length)
+                           reaction_grad=strat.reaction_gradient(st), backend=rollout_backend)
+            w = strat.time_weights(st, length).to(pred)
             loss_rollout = (((pred - target) ** 2).mean((0, 2)) * w).mean()
             loss = cfg.rollout_loss_weight * loss_rollout
             if st.residual_supervision.enabled:
-                idx = torch.randint(0, res_x.shape[0], (cfg.batch_size * T,))
+                idx = torch.randint(0, res_x.shape[0], (cfg.batch_size * T,)).to(device)
                 loss = loss + st.residual_supervision.weight * strat.residual_loss(
                     model, res_x[idx], res_y[idx], st, res_scale)
             if st.contrastive.enabled and frac >= st.contrastive.start_fraction:
@@ -128,7 +138,7 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
                 and step + 1 < n_updates:
             on_eval(step + 1, model)
 
-    result.final_loss = evaluation_loss(model, conc, T, dt)
+    result.final_loss = evaluation_loss(model, conc, T, dt, backend=rollout_backend)
     result.seconds = time.perf_counter() - start
     if on_eval is not None:
         on_eval(n_updates, model)

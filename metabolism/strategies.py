@@ -89,8 +89,10 @@ def contrastive_grid(concentrations: torch.Tensor, cfg: StrategiesConfig) -> tor
     c = cfg.contrastive
     flat = concentrations.flatten()
     flat = flat[::max(1, flat.numel() // 1_000_000)]  # torch.quantile caps its input size
-    lo, hi = torch.quantile(flat.float(), torch.tensor(c.grid_quantiles, dtype=torch.float32))
-    return torch.linspace(float(lo), float(hi), c.n_grid)
+    lo, hi = torch.quantile(flat.float(), torch.tensor(c.grid_quantiles, dtype=torch.float32,
+                                                        device=flat.device))
+    return torch.linspace(float(lo), float(hi), c.n_grid, dtype=concentrations.dtype,
+                          device=concentrations.device)
 
 
 def curve_neighbours(curves: torch.Tensor, cfg: StrategiesConfig) -> torch.Tensor:
@@ -135,7 +137,7 @@ def fit_errors(model, x: torch.Tensor, residual: torch.Tensor, n_frames: int,
     How well metabolite j's learned curve explains metabolite i's own data; (N, N).
     """
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(x.shape[0], generator=g)[:n_frames]
+    idx = torch.randperm(x.shape[0], generator=g)[:n_frames].to(x.device)
     n = x.shape[1]
     with torch.no_grad():
         errs = [(model.node(xc[:, :, None].expand(-1, n, n)) - rc[:, :, None]).abs()

@@ -66,11 +66,8 @@ def plan(slots: list[int], seeds: list[int], variants: dict[str, dict[str, Any]]
 def _run_cell(cell: Cell, config_dir: Path, data_root: Path, runs_root: Path,
               parent_run_id: str | None, study: str) -> dict[str, Any]:
     """Worker: one Phase 2 run; never raises, a failure becomes a FAILED row."""
-    import torch
-
     from metabolism.experiment import run_phase2
 
-    torch.set_num_threads(1)
     row: dict[str, Any] = {"slot": cell.slot, "variant": cell.variant, "seed": cell.seed}
     start = time.perf_counter()
     try:

@@ -137,16 +137,9 @@ def tracked_run(experiment: str, run_name: str | None = None, tags: dict[str, st
 
 def machine_description() -> str:
     """'N-core <cpu>, torch X (+ GPU name)': the line a results table cites."""
-    import platform
-
     import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+
+    from metabolism.compute import cpu_name
+    cpu = cpu_name()
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
     return f"{os.cpu_count()}-core {cpu}, torch {torch.__version__}{gpu}"

@@ -77,6 +77,25 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
     return uri
 
 
+def run_in_triton_interpreter(test_file: Path) -> None:
+    """Run test_file's tests in a subprocess with TRITON_INTERPRET=1 and assert they passed.
+
+    triton.jit reads the variable when it decorates the kernels, so it must be set before
+    triton is imported; a subprocess keeps it away from the rest of the suite.
+    """
+    import os
+    import subprocess
+
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(test_file), "-q", "-p", "no:cacheprovider",
+         "-o", "addopts=-ra"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    tail = (proc.stdout + proc.stderr)[-6000:]
+    assert proc.returncode == 0, f"interpreted kernel tests failed:\n{tail}"
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout, tail
+
+
 def copy_data_root(src: Path, dst: Path) -> Path:
     """Copy a built data root (dataset + Phase 1 checkpoint) so a test may alter it."""
     import shutil

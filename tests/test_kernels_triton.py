@@ -12,29 +12,21 @@ tests/seeds.py) and reports it on failure.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import run_in_triton_interpreter
+
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 ON_GPU = torch.cuda.is_available() and not INTERPRETED
 DEVICE = "cuda" if ON_GPU else "cpu"
-ROOT = Path(__file__).resolve().parents[1]
 
 if not INTERPRETED and not ON_GPU:
 
     def test_triton_kernels_in_interpreter_subprocess():
-        pytest.importorskip("triton")
-        env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-        proc = subprocess.run(
-            [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-p", "no:cacheprovider",
-             "-o", "addopts=-ra"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-        tail = (proc.stdout + proc.stderr)[-6000:]
-        assert proc.returncode == 0, f"interpreted kernel tests failed:\n{tail}"
-        assert " passed" in proc.stdout and "skipped" not in proc.stdout, tail
+        run_in_triton_interpreter(Path(__file__))
 
 else:
     from kernels import euler_rollout, euler_rollout_reference
