@@ -16,6 +16,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from metabolism.config import ConfigError, check_name  # noqa: E402
 from metabolism.explore.compare import (CompareError, collect_study_runs,  # noqa: E402
                                         format_table, plot_trajectories)
 
@@ -27,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="plot path (default studies/<study>/compare.png)")
     args = p.parse_args(argv)
     try:
+        check_name(args.study, "--study")  # the default plot path is built from it
         rows = collect_study_runs(args.study, args.experiment)
-    except CompareError as exc:
+    except (CompareError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"study {args.study}: {len(rows)} iterations (experiment {args.experiment})")

@@ -23,10 +23,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # this checkout's package, not another installed copy
 
 from metabolism.cli import add_compute_args, compute_overrides  # noqa: E402
-from metabolism.config import CONFIG_DIR, ConfigError, parse_override  # noqa: E402
+from metabolism.config import CONFIG_DIR, check_name, parse_override  # noqa: E402
 from metabolism.explore.agent import AgentHook  # noqa: E402
 from metabolism.explore.backends import BackendError, make_backend  # noqa: E402
-from metabolism.explore.loop import Study, StudyError, StudySettings, load_base_configs  # noqa: E402,E501
+from metabolism.explore.loop import Study, StudySettings, load_base_configs  # noqa: E402
 from metabolism.explore.runners import (DEFAULT_RUNNER, RUNNER_ENV, RunnerError,  # noqa: E402
                                         check_runner)
 
@@ -61,8 +61,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        check_name(args.study, "--study")  # before any path is built from it
         check_runner(args.runner)
-        overrides = {**compute_overrides(args), **dict(parse_override(o) for o in args.override)}
+        given = dict(parse_override(o) for o in args.override)  # a resume must repeat them
+        overrides = {**compute_overrides(args), **given}
         study_dir = args.studies_root / args.study
         base = {} if (study_dir / "tree.json").exists() else load_base_configs(
             args.slots, args.config_dir, overrides)
@@ -71,13 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         settings = StudySettings(study=args.study, iterations=args.iterations,
                                  block_size=args.block_size, slots=args.slots,
                                  ucb_c=args.ucb_c, base_configs=base, experiment=experiment,
-                                 track=not args.no_mlflow)
+                                 track=not args.no_mlflow, overrides=given)
         settings.validate()
         backend = make_backend(args.backend, args.address, args.workers)
         agent = AgentHook(args.agent_command, args.agent_timeout) if args.agent_command else None
         study = Study(settings, study_dir, runner=args.runner, backend=backend, agent=agent,
                       instructions=args.instructions)
-    except (ConfigError, StudyError, BackendError, RunnerError) as exc:
+    except (ValueError, BackendError, RunnerError, OSError) as exc:
+        # ValueError covers ConfigError, StudyError and an unreadable tree.json
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:

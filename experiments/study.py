@@ -18,10 +18,11 @@ import yaml
 
 from metabolism import tracking
 from metabolism.cli import add_compute_args, compute_overrides, run_main
-from metabolism.config import CONFIG_DIR, ConfigError, flatten, load_config, parse_override
+from metabolism.config import (CONFIG_DIR, ConfigError, check_name, flatten, load_config,
+                               parse_override)
 from metabolism.study import VARIANTS, base_config_summary, plan, run_cells, write_report
 
-# Named strategy variants a study can compare (dotted overrides on top of each slot config).
+
 def regime_overrides(path: str | None) -> dict:
     """A regime file holds `regime:` plus simulation/model/phase1 sections; flattened."""
     if not path:
@@ -30,8 +31,15 @@ def regime_overrides(path: str | None) -> dict:
     if not p.is_file():
         p = CONFIG_DIR / path
     if not p.is_file():
-        raise ConfigError(f"{path}: regime file not found")
-    data = yaml.safe_load(p.read_text()) or {}
+        raise ConfigError(f"--regime {path}: regime file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"--regime {p}: not valid YAML ({problem})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--regime {p}: must be a mapping (regime: name, simulation: ...), "
+                          f"got a {type(data).__name__}")
     return flatten(data)
 
 
@@ -51,6 +59,9 @@ def main() -> None:
     ap.add_argument("--studies-root", type=Path, default=Path("studies"))
     add_compute_args(ap)
     args = ap.parse_args()
+    check_name(args.study, "--study")
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: must be >= 1")
 
     base = regime_overrides(args.regime)
     base.update(compute_overrides(args))

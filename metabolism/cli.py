@@ -87,7 +87,7 @@ def run_main(fn) -> None:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except (FileNotFoundError, FloatingPointError, ValueError) as exc:
+    except (OSError, FloatingPointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

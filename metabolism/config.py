@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from metabolism.memory import check_fits
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 
@@ -353,13 +356,37 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _check_ranges(cfg: Config) -> None:
-    sim, tr = cfg.simulation, cfg.training
+def _need(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
 
-    def need(cond: bool, key: str, msg: str) -> None:
-        if not cond:
-            raise ConfigError(f"{key}: {msg}")
 
+def _check_finite(cfg: Config) -> None:
+    """A NaN or infinite number passes every '>' check it meets; refuse it by name first."""
+    for key, value in cfg.flat().items():
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{key}: must be a finite number, got {v}")
+
+
+def _check_at_least(section: Any, prefix: str, bounds: dict[str, float]) -> None:
+    for key, low in bounds.items():
+        _need(getattr(section, key) >= low, f"{prefix}.{key}", f"must be >= {low:g}")
+
+
+def _check_positive(section: Any, prefix: str, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        _need(getattr(section, key) > 0, f"{prefix}.{key}", "must be > 0")
+
+
+def _check_fractions(section: Any, prefix: str, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        _need(0 <= getattr(section, key) <= 1, f"{prefix}.{key}", "must be in [0, 1]")
+
+
+def _check_simulation(sim: SimulationConfig) -> None:
+    need = _need
     need(sim.n_metabolites >= 2, "simulation.n_metabolites", "must be >= 2")
     need(sim.n_metabolite_types >= 1, "simulation.n_metabolite_types", "must be >= 1")
     need(sim.n_metabolite_types <= sim.n_metabolites, "simulation.n_metabolite_types",
@@ -370,58 +397,131 @@ def _check_ranges(cfg: Config) -> None:
          "cannot exceed n_metabolites")
     need(sim.max_metabolites_per_reaction >= 2, "simulation.max_metabolites_per_reaction",
          "must be >= 2")
+    need(sim.max_metabolites_per_reaction <= sim.n_metabolites,
+         "simulation.max_metabolites_per_reaction", "cannot exceed n_metabolites")
+    # the cycle reactions (all but n_reactions % cycle_length) each need a distinct pair
+    pairs = sim.n_metabolites * (sim.n_metabolites - 1) // 2
+    need((sim.n_reactions // sim.cycle_length) * sim.cycle_length <= pairs,
+         "simulation.n_reactions", f"at most {pairs} cycle reactions fit "
+         f"{sim.n_metabolites} metabolites (one distinct substrate pair each), "
+         f"got {sim.n_reactions}")
     for key in ("log10_k_range", "initial_concentration_range"):
         lo_hi = getattr(sim, key)
         need(len(lo_hi) == 2 and lo_hi[0] <= lo_hi[1], f"simulation.{key}",
              "must be [low, high] with low <= high")
+    need(sim.initial_concentration_range[0] >= 0, "simulation.initial_concentration_range",
+         "concentrations must be >= 0")
     for key in ("lambda_per_type", "baseline_per_type"):
         need(len(getattr(sim, key)) == sim.n_metabolite_types, f"simulation.{key}",
              f"needs one value per type ({sim.n_metabolite_types})")
+    # the slope ratio divides by -lambda: a zero or negative law has no ratio to recover
+    need(all(v > 0 for v in sim.lambda_per_type), "simulation.lambda_per_type",
+         "every value must be > 0")
+    need(all(v >= 0 for v in sim.baseline_per_type), "simulation.baseline_per_type",
+         "every value must be >= 0")
     need(sim.delta_t > 0, "simulation.delta_t", "must be > 0")
     need(sim.n_frames >= 2, "simulation.n_frames", "must be >= 2")
-    need(tr.batch_size >= 1, "training.batch_size", "must be >= 1")
-    need(tr.homeostasis_time_step >= 1, "training.homeostasis_time_step", "must be >= 1")
-    need(tr.homeostasis_time_step < sim.n_frames, "training.homeostasis_time_step",
-         "must be shorter than simulation.n_frames")
-    need(tr.data_augmentation_loop >= 1, "training.data_augmentation_loop", "must be >= 1")
-    for key in ("learning_rate_node_homeostasis", "learning_rate_embedding_homeostasis"):
-        need(getattr(tr, key) > 0, f"training.{key}", "must be > 0")
-    need(cfg.phase1.n_steps >= 1, "phase1.n_steps", "must be >= 1")
-    need(cfg.model.embedding_dim >= 1, "model.embedding_dim", "must be >= 1")
-    need(cfg.model.n_layers_node >= 2, "model.n_layers_node", "must be >= 2")
-    need(cfg.model.n_layers_sub >= 2, "model.n_layers_sub", "must be >= 2")
-    need(tr.strategies.gradient_accumulation.steps >= 1,
-         "training.strategies.gradient_accumulation.steps", "must be >= 1")
-    st = tr.strategies
-    need(st.residual_supervision.loss in ("mse", "huber"),
-         "training.strategies.residual_supervision.loss", "must be 'mse' or 'huber'")
-    need(st.residual_supervision.huber_scale > 0,
-         "training.strategies.residual_supervision.huber_scale", "must be > 0")
-    need(st.contrastive.mode in ("attract", "neighbour"), "training.strategies.contrastive.mode",
+    need(sim.seed >= 0, "simulation.seed", "must be >= 0")
+
+
+def _check_model_and_phase1(cfg: Config) -> None:
+    _check_at_least(cfg.model, "model", {"embedding_dim": 1, "hidden_dim_sub": 1,
+                                         "n_layers_sub": 2, "hidden_dim_node": 1,
+                                         "n_layers_node": 2, "embedding_init_std": 0})
+    p1 = cfg.phase1
+    _check_positive(p1, "phase1", ("learning_rate_sub", "relative_weight_floor"))
+    _check_at_least(p1, "phase1", {"n_steps": 1, "batch_size": 1, "n_restarts": 1,
+                                   "restart_trial_steps": 1, "seed": 0})
+    _need(0 <= p1.drift_warmup_fraction < 1, "phase1.drift_warmup_fraction", "must be in [0, 1)")
+
+
+def _check_strategies(st: StrategiesConfig) -> None:
+    need, pre = _need, "training.strategies"
+    rs = st.residual_supervision
+    need(rs.weight >= 0, f"{pre}.residual_supervision.weight", "must be >= 0")
+    need(rs.loss in ("mse", "huber"), f"{pre}.residual_supervision.loss",
+         "must be 'mse' or 'huber'")
+    need(rs.huber_scale > 0, f"{pre}.residual_supervision.huber_scale", "must be > 0")
+    am = st.amplification
+    need(am.factor > 0, f"{pre}.amplification.factor", "must be > 0")
+    _check_fractions(am, f"{pre}.amplification", ("anneal_start", "anneal_end"))
+    need(am.anneal_start <= am.anneal_end, f"{pre}.amplification.anneal_end",
+         "must be >= anneal_start")
+    co = st.contrastive
+    need(co.weight >= 0, f"{pre}.contrastive.weight", "must be >= 0")
+    need(co.n_grid >= 2, f"{pre}.contrastive.n_grid", "must be >= 2")
+    need(co.temperature > 0, f"{pre}.contrastive.temperature", "must be > 0")
+    _check_fractions(co, f"{pre}.contrastive", ("start_fraction",))
+    need(co.mode in ("attract", "neighbour"), f"{pre}.contrastive.mode",
          "must be 'attract' or 'neighbour'")
-    need(all(0 < f < 1 for f in st.contrastive.reassign_at),
-         "training.strategies.contrastive.reassign_at", "must be fractions of training in (0, 1)")
-    for key in ("reassign_frames", "reassign_neighbours"):
-        need(getattr(st.contrastive, key) >= 1, f"training.strategies.contrastive.{key}",
-             "must be >= 1")
-    lr = st.lr_schedule
-    need(0 <= lr.warmup_fraction < 1, "training.strategies.lr_schedule.warmup_fraction",
-         "must be in [0, 1)")
-    for key in ("peak_factor", "min_factor"):
-        need(getattr(lr, key) > 0, f"training.strategies.lr_schedule.{key}", "must be > 0")
-    q = st.contrastive.grid_quantiles
-    need(len(q) == 2 and 0 <= q[0] < q[1] <= 1, "training.strategies.contrastive.grid_quantiles",
+    need(all(0 < f < 1 for f in co.reassign_at), f"{pre}.contrastive.reassign_at",
+         "must be fractions of training in (0, 1)")
+    _check_at_least(co, f"{pre}.contrastive", {"reassign_frames": 1, "reassign_neighbours": 1})
+    q = co.grid_quantiles
+    need(len(q) == 2 and 0 <= q[0] < q[1] <= 1, f"{pre}.contrastive.grid_quantiles",
          "must be [low, high] with 0 <= low < high <= 1")
-    comp = cfg.compute
+    cu = st.curriculum
+    need(0 < cu.final_fraction <= 1, f"{pre}.curriculum.final_fraction", "must be in (0, 1]")
+    _check_fractions(cu, f"{pre}.curriculum", ("switch_at",))
+    lr = st.lr_schedule
+    need(0 <= lr.warmup_fraction < 1, f"{pre}.lr_schedule.warmup_fraction", "must be in [0, 1)")
+    _check_positive(lr, f"{pre}.lr_schedule", ("peak_factor", "min_factor"))
+    fr = st.multiscale.fractions
+    need(len(fr) >= 1 and all(0 < f <= 1 for f in fr), f"{pre}.multiscale.fractions",
+         "must be a non-empty list of fractions in (0, 1]")
+    need(st.gradient_accumulation.steps >= 1, f"{pre}.gradient_accumulation.steps",
+         "must be >= 1")
+
+
+def _check_compute(comp: ComputeConfig) -> None:
+    need = _need
     need(DEVICE_PATTERN.match(comp.device) is not None, "compute.device",
          f"must be auto, cpu, cuda or cuda:N, got {comp.device!r}")
     need(comp.threads >= 0, "compute.threads", "must be >= 0 (0 = torch's default)")
     need(comp.dtype in ("float32", "float64"), "compute.dtype", "must be 'float32' or 'float64'")
     need(comp.rollout_backend in ("auto", "torch", "triton"), "compute.rollout_backend",
          "must be 'auto', 'torch' or 'triton'")
-    fr = tr.strategies.multiscale.fractions
-    need(len(fr) >= 1 and all(0 < f <= 1 for f in fr), "training.strategies.multiscale.fractions",
-         "must be a non-empty list of fractions in (0, 1]")
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Every numeric key with a meaningful range; a value outside it would run and report a
+    meaningless number (0 sweep points -> slope ratio 0) or fail late."""
+    _check_finite(cfg)
+    _check_simulation(cfg.simulation)
+    _check_model_and_phase1(cfg)
+    sim, tr = cfg.simulation, cfg.training
+    _need(tr.homeostasis_time_step >= 1, "training.homeostasis_time_step", "must be >= 1")
+    _need(tr.homeostasis_time_step < sim.n_frames, "training.homeostasis_time_step",
+          "must be shorter than simulation.n_frames")
+    _check_at_least(tr, "training", {"batch_size": 1, "data_augmentation_loop": 1, "seed": 0,
+                                     "rollout_loss_weight": 0, "plot_every": 0})
+    _check_positive(tr, "training", ("learning_rate_node_homeostasis",
+                                     "learning_rate_embedding_homeostasis"))
+    _check_strategies(tr.strategies)
+    _check_compute(cfg.compute)
+    ev = cfg.evaluation
+    _check_positive(ev, "evaluation", ("cluster_distance_threshold",))
+    _check_at_least(ev, "evaluation", {"dbscan_min_samples": 1, "n_sweep_points": 2})
+
+
+# Names that become folder names (runs/<experiment>/<run>, studies/<study>): one path
+# component, no separator, not starting with '.', so nothing is written outside its root.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=,-]{0,199}")
+
+
+def check_name(value: str, key: str) -> str:
+    """value if it is a safe single folder name, else ConfigError naming `key`."""
+    if not SAFE_NAME.fullmatch(value or ""):
+        raise ConfigError(f"{key}: {value!r} is not a valid name (letters, digits and _ . + = , -"
+                          ", not starting with '.', at most 200 characters; it becomes a folder)")
+    return value
+
+
+def _check_names(cfg: Config) -> None:
+    check_name(cfg.tracking.experiment, "tracking.experiment")
+    if cfg.tracking.run_name:
+        check_name(cfg.tracking.run_name, "tracking.run_name")
+    check_name(cfg.regime, "regime")
 
 
 def _check_phase2_rules(cfg: Config) -> None:
@@ -454,7 +554,9 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     cfg = _build(Config, data, "")
     cfg.source = source
     _check_ranges(cfg)
+    _check_names(cfg)
     _check_phase2_rules(cfg)
+    check_fits(cfg)
     return cfg
 
 
@@ -502,4 +604,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"{text}: override must look like section.key=value")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
+        raise ConfigError(f"--override {text!r}: {key!r} is not a dotted key like "
+                          "training.batch_size")
+    try:  # safe_load: a !!python tag is refused, never executed
+        return key, yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"--override {text!r}: value is not valid YAML ({problem})") from None

@@ -94,7 +94,7 @@ def load_phase1_model(path: Path, data: TrainingData, cfg: Config) -> Metabolism
         raise FileNotFoundError(f"{path}: Phase 1 checkpoint missing")
     torch.manual_seed(cfg.training.seed)
     model = new_model(data, cfg)
-    state = torch.load(path, map_location="cpu")["state_dict"]
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     keep = {k: v for k, v in state.items() if not k.startswith(MetabolismModel.PHASE2_PREFIXES)}
     missing, unexpected = model.load_state_dict(keep, strict=False)
     bad = [m for m in missing if not m.startswith(MetabolismModel.PHASE2_PREFIXES)]

@@ -166,15 +166,16 @@ def test_rate_constants_r2_identical_to_phase1(e2e):
     cfg, res = e2e["cfg"], e2e["res"]
     ckpt = phase1_checkpoint_path(cfg, e2e["tmp"] / "data")
     info = json.loads(ckpt.with_suffix(".json").read_text())
-    saved = torch.load(ckpt, map_location="cpu")["info"]
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["info"]
     assert info["rate_constants_R2"] == saved["rate_constants_R2"]
     assert res.metrics["rate_constants_R2"] == info["rate_constants_R2"]
     run = e2e["client"].get_run(res.mlflow_run_id)
     assert run.data.metrics["rate_constants_R2"] == pytest.approx(info["rate_constants_R2"],
                                                                   rel=1e-12)
     # and the Phase 2 checkpoint carries the Phase 1 tensors unchanged
-    p2 = torch.load(res.run_dir / "phase2_checkpoint.pt", map_location="cpu")["state_dict"]
-    p1 = torch.load(ckpt, map_location="cpu")["state_dict"]
+    p2 = torch.load(res.run_dir / "phase2_checkpoint.pt", map_location="cpu",
+                    weights_only=True)["state_dict"]
+    p1 = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     for k in p1:
         if k.startswith(("log10_k", "mlp_sub.")):
             assert torch.equal(p1[k], p2[k]), k

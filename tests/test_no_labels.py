@@ -177,8 +177,10 @@ def test_labels_cannot_influence_training(tiny_phase1, tmp_path, mlflow_uri):
     rb = run_phase2(cfg, runs_root=tmp_path / "runs_b", data_root=root_b, progress=False,
                     quiet=True)
     assert ckpts[0].stat().st_mtime_ns == mtime  # Phase 1 not rebuilt
-    sa = torch.load(ra.run_dir / "phase2_checkpoint.pt", map_location="cpu")["state_dict"]
-    sb = torch.load(rb.run_dir / "phase2_checkpoint.pt", map_location="cpu")["state_dict"]
+    sa = torch.load(ra.run_dir / "phase2_checkpoint.pt", map_location="cpu",
+                    weights_only=True)["state_dict"]
+    sb = torch.load(rb.run_dir / "phase2_checkpoint.pt", map_location="cpu",
+                    weights_only=True)["state_dict"]
     assert sa.keys() == sb.keys()
     for k in sa:
         assert torch.equal(sa[k], sb[k]), f"{k} differs when only the labels differ"

@@ -43,7 +43,7 @@ def test_phase1_tensors_bitwise_unchanged(tiny_phase1, combo):
     data = load_training_data(dataset_dir(cfg, data_root))
     model = load_phase1_model(ckpt, data, cfg)
 
-    saved = torch.load(ckpt, map_location="cpu")["state_dict"]
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     before = _snapshot(model)
     assert set(model.phase1_state()) == {k for k in saved if k.startswith(("log10_k", "mlp_sub."))}
     for k, v in model.phase1_state().items():  # loaded exactly from the checkpoint

@@ -9,13 +9,14 @@ configs, and never re-runs or renumbers a completed one.
 
 from __future__ import annotations
 
-import re
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from metabolism.config import SLOT_TIME_STEPS, ConfigError, config_from_dict, load_config
+from metabolism.config import (SLOT_TIME_STEPS, ConfigError, check_name, config_from_dict,
+                               load_config)
 from metabolism.explore import logs
 from metabolism.explore.agent import AgentError, AgentHook, build_prompt
 from metabolism.explore.backends import Job, LocalBackend
@@ -51,10 +52,13 @@ class StudySettings:
     base_configs: dict[int, dict] = field(default_factory=dict)
     experiment: str = "phase2_homeostasis"
     track: bool = True
+    overrides: dict[str, Any] = field(default_factory=dict)  # --override, applied to the bases
 
     def validate(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.study or ""):
-            raise StudyError(f"--study {self.study!r}: use letters, digits, '_', '-', '.'")
+        try:
+            check_name(self.study, "--study")
+        except ConfigError as exc:
+            raise StudyError(str(exc)) from None
         if not self.slots or len(set(self.slots)) != len(self.slots):
             raise StudyError(f"--slots {self.slots}: need distinct slots")
         bad = [s for s in self.slots if s not in SLOT_TIME_STEPS]
@@ -131,6 +135,12 @@ class Study:
                 flag = "--" + key.replace("_", "-")
                 raise StudyError(f"{flag} {getattr(s, key)}: study {s.study} was started with "
                                  f"{stored.get(key)}; use those or a new --study name")
+        # a resume keeps the stored base configs: a changed --override would be ignored silently
+        if "overrides" in stored and json.loads(json.dumps(s.overrides)) != stored["overrides"]:
+            given = " ".join(f"{k}={v}" for k, v in s.overrides.items()) or "none"
+            started = " ".join(f"{k}={v}" for k, v in stored["overrides"].items()) or "none"
+            raise StudyError(f"--override {given}: study {s.study} was started with {started}; "
+                             "use those or a new --study name")
         # The stored base configs define the roots; the tree keeps using them.
         s.base_configs = {int(k): v for k, v in stored["base_configs"].items()}
         s.experiment = stored.get("experiment", s.experiment)

@@ -204,7 +204,8 @@ class Tree:
     def load(cls, path: Path) -> "Tree":
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
-        except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError,
+                AttributeError) as exc:
             raise ValueError(f"{path}: not a valid exploration tree ({exc})") from None
 
 
