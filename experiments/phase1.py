@@ -9,7 +9,8 @@ from metabolism.experiment import ensure_phase1
 
 def main() -> None:
     args, cfg = parse_config_args(__doc__)
-    path, info = ensure_phase1(cfg, args.data_root, progress=not args.no_progress)
+    path, info = ensure_phase1(cfg, args.data_root, progress=not args.no_progress,
+                               rebuild=not args.no_rebuild)
     print(f"phase 1 checkpoint: {path}")
     print(f"rate_constants_R2: {info['rate_constants_R2']:.4f} "
           f"(trained in {info['seconds']:.0f} s)")

@@ -13,7 +13,7 @@ from metabolism.experiment import run_phase2
 def main() -> None:
     args, cfg = parse_config_args(__doc__)
     run_phase2(cfg, runs_root=args.runs_root, data_root=args.data_root,
-               progress=not args.no_progress)
+               progress=not args.no_progress, rebuild=not args.no_rebuild)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--runs-root", type=Path, default=Path("runs"))
     ap.add_argument("--studies-root", type=Path, default=Path("studies"))
     add_compute_args(ap)
+    ap.add_argument("--no-rebuild", action="store_true",
+                    help="refuse a cached dataset or Phase 1 checkpoint that fails its check")
     args = ap.parse_args()
     check_name(args.study, "--study")
     if args.workers < 1:
@@ -74,7 +76,8 @@ def main() -> None:
 
     from metabolism.experiment import ensure_phase1
     first = cfgs[args.slots[0]]
-    ckpt, p1 = ensure_phase1(first, args.data_root)  # built once, before the workers start
+    # built (or verified) once, before the workers start
+    ckpt, p1 = ensure_phase1(first, args.data_root, rebuild=not args.no_rebuild)
     experiment = first.tracking.experiment
     out_dir = args.studies_root / args.study
     with tracking.tracked_run(experiment, f"study-{args.study}", {"study": args.study,

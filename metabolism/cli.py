@@ -55,6 +55,9 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-root", type=Path, default=Path("runs"))
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_compute_args(p)
+    p.add_argument("--no-rebuild", action="store_true",
+                   help="refuse (instead of rebuilding) a cached dataset or Phase 1 checkpoint "
+                        "that fails its integrity check")
 
 
 def parse_config_args(doc: str) -> tuple[argparse.Namespace, Config]:

@@ -20,8 +20,10 @@ from mlflow.entities import Metric
 from metabolism import compute, plots, tracking
 from metabolism.config import Config
 from metabolism.data import (TrainingData, dataset_dir, ensure_dataset, load_ground_truth,
-                             load_training_data)
+                             load_training_data, report)
 from metabolism.files import replace_atomically, write_text_atomically
+from metabolism.integrity import (CacheError, NoRecord, cache_lock, check_shapes,
+                                  describe_arrays, read_record, verify, write_record)
 from metabolism.metrics import corrected_log10_k, evaluate, node_fn_of, rate_constants_r2
 from metabolism.model import MetabolismModel
 from metabolism.network import GroundTruth
@@ -60,46 +62,131 @@ def new_model(data: TrainingData, cfg: Config) -> MetabolismModel:
     return MetabolismModel(data.stoich, cfg.model, float(data.concentrations.mean()))
 
 
+def _phase1_shapes(model: MetabolismModel) -> dict[str, tuple]:
+    """The Phase 1 tensors a checkpoint must hold for this config, with their shapes."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()
+            if k.startswith(MetabolismModel.PHASE1_PREFIXES)}
+
+
+def _read_checkpoint(path: Path) -> dict:
+    try:  # weights_only: a crafted file cannot run code while it is read
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # EOFError, RuntimeError, UnpicklingError: all "unreadable"
+        raise CacheError(f"{path}: unreadable ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise CacheError(f"{path}: not a Phase 1 checkpoint (no state_dict)")
+    return ckpt
+
+
+def _write_phase1(path: Path, info_path: Path, model: MetabolismModel, info: dict,
+                  dataset_sha256: str) -> None:
+    # parallel slot runs may build the same checkpoint at once
+    state = model.state_dict()
+    replace_atomically(path, lambda fh: torch.save({"state_dict": state, "info": info}, fh))
+    write_record(path, describe_arrays(state), dataset_sha256=dataset_sha256, info=info)
+    write_text_atomically(info_path, json.dumps(info, indent=2))
+    write_record(info_path, {})
+
+
+def _verified_phase1(path: Path, info_path: Path, data: TrainingData, truth: GroundTruth,
+                     cfg: Config, dataset_sha256: str) -> dict:
+    """The info of a checkpoint that matches its records, this config and this dataset.
+    One written before records existed is adopted only if it loads, has this config's
+    shapes and reproduces the R2 its info reports; CacheError otherwise."""
+    shapes = _phase1_shapes(new_model(data, cfg))
+    try:
+        record = verify(path, shapes)
+        verify(info_path)
+    except NoRecord as exc:
+        return _adopt_phase1(path, info_path, data, truth, cfg, dataset_sha256, exc)
+    if record.get("dataset_sha256") != dataset_sha256:
+        raise CacheError(f"{path}: trained on another dataset than "
+                         f"{path.parent / 'training.npz'}")
+    info = json.loads(info_path.read_text())
+    if info != record.get("info"):
+        raise CacheError(f"{info_path}: differs from the info recorded with {path.name}")
+    return info
+
+
+def _adopt_phase1(path: Path, info_path: Path, data: TrainingData, truth: GroundTruth,
+                  cfg: Config, dataset_sha256: str, why: Exception) -> dict:
+    try:
+        info = json.loads(info_path.read_text())
+        claimed = float(info["rate_constants_R2"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CacheError(f"{info_path}: unreadable Phase 1 info ({exc})") from None
+    model = load_phase1_model(path, data, cfg, verified=False)
+    r2 = phase1_r2(model, data, truth)
+    if not abs(r2 - claimed) < 1e-6:
+        raise CacheError(f"{path}: gives rate_constants_R2 {r2:.4f}, its info says "
+                         f"{claimed:.4f} (corrupt)")
+    state = _read_checkpoint(path)["state_dict"]
+    write_record(path, describe_arrays(state), dataset_sha256=dataset_sha256, info=info)
+    write_record(info_path, {})
+    report(f"{why}; loads, matches the config's shapes and reproduces R2 {r2:.4f}: adopted "
+           "and recorded")
+    return info
+
+
+def phase1_r2(model: MetabolismModel, data: TrainingData, truth: GroundTruth) -> float:
+    return rate_constants_r2(model.log10_k.detach().double().numpy(), data.stoich,
+                             model.sub_scale(), truth)
+
+
 def ensure_phase1(cfg: Config, data_root: Path, progress: bool = True,
-                  quiet: bool = False) -> tuple[Path, dict]:
-    """Build the dataset and the Phase 1 checkpoint if missing; return (path, info)."""
-    folder = ensure_dataset(cfg, data_root)
+                  quiet: bool = False, rebuild: bool = True) -> tuple[Path, dict]:
+    """The dataset and a verified Phase 1 checkpoint, built if missing and rebuilt if
+    corrupt (with rebuild=False: CacheError naming the file); return (path, info)."""
+    folder = ensure_dataset(cfg, data_root, rebuild=rebuild)
     path = phase1_checkpoint_path(cfg, data_root)
     info_path = path.with_suffix(".json")
-    if path.is_file() and info_path.is_file():
-        return path, json.loads(info_path.read_text())
-    device = compute.setup(cfg.compute)
-    _say(f"building Phase 1 checkpoint {path} on {device}", quiet)
-    data, truth = load_training_data(folder), load_ground_truth(folder)
-    torch.manual_seed(cfg.phase1.seed)
-    model = new_model(data, cfg).to(device)
-    res = train_phase1(model, data, cfg.phase1, progress=progress)
-    model = model.cpu_copy()  # the checkpoint holds CPU tensors: it loads on any device
-    r2 = rate_constants_r2(model.log10_k.detach().double().numpy(), data.stoich,
-                           model.sub_scale(), truth)
-    info = {"rate_constants_R2": r2, "seconds": res.seconds, "final_loss": res.losses[-1],
-            "n_steps": cfg.phase1.n_steps, "device": str(device),
-            "device_name": compute.device_name(device)}
-    # parallel slot runs may build the same checkpoint at once
-    replace_atomically(path, lambda fh: torch.save({"state_dict": model.state_dict(),
-                                                    "info": info}, fh))
-    write_text_atomically(info_path, json.dumps(info, indent=2))
+    with cache_lock(folder):  # one builder; the others wait and then verify its result
+        data, truth = load_training_data(folder), load_ground_truth(folder)
+        dataset_sha256 = read_record(folder / "training.npz")["sha256"]
+        if path.exists() or info_path.exists():
+            try:
+                return path, _verified_phase1(path, info_path, data, truth, cfg, dataset_sha256)
+            except CacheError as exc:
+                if not rebuild:
+                    raise CacheError(f"{exc} (not rebuilt: --no-rebuild)") from None
+                report(f"{exc}; rebuilding the Phase 1 checkpoint")
+        device = compute.setup(cfg.compute)
+        _say(f"building Phase 1 checkpoint {path} on {device}", quiet)
+        torch.manual_seed(cfg.phase1.seed)
+        model = new_model(data, cfg).to(device)
+        res = train_phase1(model, data, cfg.phase1, progress=progress)
+        model = model.cpu_copy()  # the checkpoint holds CPU tensors: it loads on any device
+        r2 = phase1_r2(model, data, truth)
+        info = {"rate_constants_R2": r2, "seconds": res.seconds, "final_loss": res.losses[-1],
+                "n_steps": cfg.phase1.n_steps, "device": str(device),
+                "device_name": compute.device_name(device)}
+        _write_phase1(path, info_path, model, info, dataset_sha256)
     _say(f"phase 1: rate_constants_R2 = {r2:.4f} in {res.seconds:.0f} s", quiet)
     return path, info
 
 
-def load_phase1_model(path: Path, data: TrainingData, cfg: Config) -> MetabolismModel:
-    """A model with Phase 1's tensors from the checkpoint and fresh MLP_node / embeddings."""
+def load_phase1_model(path: Path, data: TrainingData, cfg: Config,
+                      verified: bool = True) -> MetabolismModel:
+    """A model with Phase 1's tensors from the checkpoint and fresh MLP_node / embeddings.
+    The file is checked against its integrity record first (verified=False: only for
+    adopting a checkpoint written before records existed)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: Phase 1 checkpoint missing")
     torch.manual_seed(cfg.training.seed)
     model = new_model(data, cfg)
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    shapes = _phase1_shapes(model)
+    if verified:
+        verify(path, shapes)
+    state = _read_checkpoint(path)["state_dict"]
+    check_shapes(path, describe_arrays(state), shapes)
+    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+        raise CacheError(f"{path}: holds non-finite values")
     keep = {k: v for k, v in state.items() if not k.startswith(MetabolismModel.PHASE2_PREFIXES)}
     missing, unexpected = model.load_state_dict(keep, strict=False)
     bad = [m for m in missing if not m.startswith(MetabolismModel.PHASE2_PREFIXES)]
     if bad or unexpected:
-        raise ValueError(f"{path}: checkpoint does not match the model (missing {bad}, "
+        raise CacheError(f"{path}: checkpoint does not match the model (missing {bad}, "
                          f"unexpected {unexpected})")
     return model
 
@@ -188,10 +275,10 @@ def new_run_dir(path: Path) -> Path:
 
 def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path = Path("data"),
                parent_run_id: str | None = None, extra_tags: dict[str, str] | None = None,
-               progress: bool = True, quiet: bool = False) -> RunResult:
+               progress: bool = True, quiet: bool = False, rebuild: bool = True) -> RunResult:
     """One Phase 2 experiment, tracked in MLflow; raises (run marked FAILED) on failure."""
     runs_root, data_root = Path(runs_root), Path(data_root)
-    ckpt, p1_info = ensure_phase1(cfg, data_root, progress=progress, quiet=quiet)
+    ckpt, _ = ensure_phase1(cfg, data_root, progress=progress, quiet=quiet, rebuild=rebuild)
     folder = dataset_dir(cfg, data_root)
     data, truth = load_training_data(folder), load_ground_truth(folder)
 
@@ -201,9 +288,9 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     tr = cfg.training
     device = compute.setup(cfg.compute)
-    tags = {**compute.device_tags(device), "rollout_backend": cfg.compute.rollout_backend,"slot": str(cfg.slot), "time_step": str(tr.homeostasis_time_step),
-            "strategy": tr.strategies.label(), "phase1_checkpoint": file_hash(ckpt),
-            "phase1_rate_constants_R2": f"{p1_info['rate_constants_R2']:.4f}",
+    tags = {**compute.device_tags(device), "rollout_backend": cfg.compute.rollout_backend,
+            "slot": str(cfg.slot), "time_step": str(tr.homeostasis_time_step),
+            "strategy": tr.strategies.label(),
             "git_commit": tracking.git_commit(), "regime": cfg.regime,
             "config_source": cfg.source, **(extra_tags or {})}
 
@@ -213,8 +300,11 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
         _say(f"run folder: {run_dir}\nMLflow run: {run_id} (experiment "
              f"'{cfg.tracking.experiment}', store {tracking.tracking_uri()})", quiet)
         tracking.log_params_flat(cfg.flat())
-        model = load_phase1_model(ckpt, data, cfg).to(
-            device=device, dtype=compute.training_dtype(cfg.compute))
+        model = load_phase1_model(ckpt, data, cfg)
+        # tagged from the checkpoint as loaded and verified, not from what its info claims
+        mlflow.set_tags({"phase1_checkpoint": file_hash(ckpt),
+                         "phase1_rate_constants_R2": f"{phase1_r2(model, data, truth):.4f}"})
+        model = model.to(device=device, dtype=compute.training_dtype(cfg.compute))
         evaluator = _Evaluator(run_dir, data, truth, cfg)
         eval_every = tr.plot_every or max(1, tr.data_augmentation_loop // 4)
         result = partial = None
