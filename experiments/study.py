@@ -5,8 +5,9 @@
     python experiments/study.py --study ablation --variants default seed_baseline
 
 Writes studies/<study>/study.md and study.csv (one row per run, failures included, plus mean
-and spread per slot x variant) and logs them to an MLflow parent run with every slot run
-nested under it.
+and spread per slot x variant), rewritten as each run ends, and logs them to an MLflow parent
+run with every slot run nested under it. Running the same command again (after a kill, or
+with more seeds) runs only the cells that have no finished row.
 """
 
 import argparse
@@ -20,7 +21,8 @@ from metabolism import tracking
 from metabolism.cli import add_compute_args, compute_overrides, run_main
 from metabolism.config import (CONFIG_DIR, ConfigError, check_name, flatten, load_config,
                                parse_override)
-from metabolism.study import VARIANTS, base_config_summary, plan, run_cells, write_report
+from metabolism.study import (VARIANTS, base_config_summary, missing_cells, plan, resume_rows,
+                              run_cells, save_settings, write_report)
 
 
 def regime_overrides(path: str | None) -> dict:
@@ -41,6 +43,13 @@ def regime_overrides(path: str | None) -> dict:
         raise ConfigError(f"--regime {p}: must be a mapping (regime: name, simulation: ...), "
                           f"got a {type(data).__name__}")
     return flatten(data)
+
+
+def dead_cells(experiment_id: str) -> set[str]:
+    """End the runs of workers that died (KILLED) and return their `cell` tags."""
+    client = mlflow.tracking.MlflowClient()
+    return {client.get_run(r).data.tags.get("cell", "")
+            for r in tracking.reap_orphaned_runs(experiment_id, client)}
 
 
 def main() -> None:
@@ -74,33 +83,55 @@ def main() -> None:
     cfgs = {s: load_config(args.config_dir / f"slot{s}.yaml", base) for s in args.slots}
     cells = plan(args.slots, args.seeds, {v: VARIANTS[v] for v in args.variants}, base)
 
+    out_dir = args.studies_root / args.study
+    # what defines the study's results (where it computes does not): a resume must match it
+    settings = {"overrides": {k: v for k, v in base.items() if not k.startswith("compute.")}}
+    kept = resume_rows(out_dir, settings)  # rows of cells an earlier run finished
+    todo = missing_cells(cells, kept)
     from metabolism.experiment import ensure_phase1
     first = cfgs[args.slots[0]]
     # built (or verified) once, before the workers start
     ckpt, p1 = ensure_phase1(first, args.data_root, rebuild=not args.no_rebuild)
     experiment = first.tracking.experiment
-    out_dir = args.studies_root / args.study
+    save_settings(out_dir, settings)
+    rows = list(kept)
+    start = time.perf_counter()
+
+    def write_table() -> tuple[Path, Path]:
+        header = [f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: "
+                  f"{tracking.machine_description()}; wall time "
+                  f"{time.perf_counter() - start:.0f} s"
+                  + (f" ({len(kept)} runs kept from an earlier invocation)" if kept else ""),
+                  f"Regime: {base_config_summary(first)}",
+                  f"Phase 1 checkpoint: {ckpt.name}, rate_constants_R2 = "
+                  f"{p1['rate_constants_R2']:.4f} (trained in {p1['seconds']:.0f} s)"]
+        if len(rows) - len(kept) < len(todo):
+            header.append(f"Incomplete: {len(todo) - (len(rows) - len(kept))} of {len(cells)} "
+                          "runs missing; run the same command again to run only those")
+        return write_report(rows, out_dir, f"Study {args.study}", header)
+
+    def on_row(row: dict) -> None:
+        rows.append(row)
+        write_table()
+
     with tracking.tracked_run(experiment, f"study-{args.study}", {"study": args.study,
                               "kind": "study"}) as parent:
         tracking.log_params_flat({"slots": args.slots, "seeds": args.seeds,
                                   "variants": args.variants, "regime": first.regime,
                                   **{f"override.{k}": v for k, v in base.items()}})
-        print(f"study '{args.study}': {len(cells)} runs, MLflow parent run "
-              f"{parent.info.run_id}", flush=True)
-        start = time.perf_counter()
-        rows = run_cells(cells, config_dir=args.config_dir, data_root=args.data_root,
-                         runs_root=args.runs_root, parent_run_id=parent.info.run_id,
-                         study=args.study, workers=args.workers)
-        header = [f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: "
-                  f"{tracking.machine_description()}; wall time {time.perf_counter() - start:.0f} s",
-                  f"Regime: {base_config_summary(first)}",
-                  f"Phase 1 checkpoint: {ckpt.name}, rate_constants_R2 = "
-                  f"{p1['rate_constants_R2']:.4f} (trained in {p1['seconds']:.0f} s)"]
-        md, csv_path = write_report(rows, out_dir, f"Study {args.study}", header)
-        mlflow.log_artifact(str(md))
-        mlflow.log_artifact(str(csv_path))
-        n_ok = sum(r["status"] == "FINISHED" for r in rows)
-        mlflow.log_metrics({"runs_finished": n_ok, "runs_failed": len(rows) - n_ok})
+        print(f"study '{args.study}': {len(cells)} runs ({len(kept)} done before, "
+              f"{len(todo)} to run), MLflow parent run {parent.info.run_id}", flush=True)
+        try:
+            run_cells(todo, config_dir=args.config_dir, data_root=args.data_root,
+                      runs_root=args.runs_root, parent_run_id=parent.info.run_id,
+                      study=args.study, workers=args.workers, on_row=on_row,
+                      on_worker_death=lambda: dead_cells(parent.info.experiment_id))
+        finally:  # interrupted or not, the table holds every run that ended
+            md, csv_path = write_table()
+            mlflow.log_artifact(str(md))
+            mlflow.log_artifact(str(csv_path))
+            n_ok = sum(r["status"] == "FINISHED" for r in rows)
+            mlflow.log_metrics({"runs_finished": n_ok, "runs_failed": len(rows) - n_ok})
     print(md.read_text())
     print(f"table: {md}\ncsv: {csv_path}")
 

@@ -93,6 +93,7 @@ def run_main(fn) -> None:
     except (OSError, FloatingPointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during a run (tracking.RunKilled)
+        print(f"interrupted{f' ({exc})' if str(exc) else ''}; a run in progress ended KILLED",
+              file=sys.stderr)
         sys.exit(130)

@@ -15,7 +15,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
-from mlflow.entities import Metric
 
 from metabolism import compute, plots, tracking
 from metabolism.config import Config
@@ -28,7 +27,11 @@ from metabolism.metrics import corrected_log10_k, evaluate, node_fn_of, rate_con
 from metabolism.model import MetabolismModel
 from metabolism.network import GroundTruth
 from metabolism.phase1 import train_phase1
-from metabolism.phase2 import DivergenceError, train_phase2
+from metabolism.phase2 import train_phase2
+
+
+# updates per MLflow batch of the loss curve: what a killed run can lose at most
+LOSS_BATCH = 50
 
 
 @dataclass
@@ -226,15 +229,6 @@ class _Evaluator:
             metrics["embedding_cluster_acc"], tmp / "embedding" / f"embedding_p2_{step}.png")
 
 
-def _log_loss_curve(client, run_id: str, name: str, losses: list[float]) -> None:
-    """Per-update losses in batches of 1000 (one MLflow call each, not one per step)."""
-    ts = int(time.time() * 1000)
-    ms = [Metric(name, float(v), ts, i) for i, v in enumerate(losses)
-          if np.isfinite(v)]
-    for i in range(0, len(ms), 1000):
-        client.log_batch(run_id, metrics=ms[i:i + 1000])
-
-
 def write_analysis_log(path: Path, metrics: dict[str, float], header: dict[str, str]) -> None:
     lines = [f"# {k}: {v}" for k, v in header.items()]
     lines += [f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}" for k, v in metrics.items()]
@@ -307,20 +301,24 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
         model = model.to(device=device, dtype=compute.training_dtype(cfg.compute))
         evaluator = _Evaluator(run_dir, data, truth, cfg)
         eval_every = tr.plot_every or max(1, tr.data_augmentation_loop // 4)
-        result = partial = None
+        result = None
+        # the loss curve goes to MLflow while training, so a killed run keeps it
+        curve = tracking.MetricBuffer(run_id, every=LOSS_BATCH, client=client)
+        losses_so_far: list[float] = []
+
+        def on_update(step: int, loss: float) -> None:
+            losses_so_far.append(loss)
+            curve.add("phase2_train_loss", loss, step)
+
         try:
             result = train_phase2(model, data, tr, on_eval=lambda s, m: evaluator(s, m),
-                                  eval_every=eval_every, progress=progress,
+                                  eval_every=eval_every, progress=progress, on_update=on_update,
                                   rollout_backend=compute.rollout_backend(cfg.compute))
-        except DivergenceError as exc:  # the updates before the divergence still count
-            partial = exc.result
-            raise
-        finally:  # keep what was recorded, even when training failed
-            done = result or partial
-            losses = done.losses if done else []
-            if losses:
-                _log_loss_curve(client, run_id, "phase2_train_loss", losses)
-                evaluator.plots["loss"] = plots.plot_loss(losses, run_dir / "tmp_training" / "loss.png")
+        finally:  # keep what was recorded, even when training failed or was killed
+            curve.flush()
+            if losses_so_far:
+                evaluator.plots["loss"] = plots.plot_loss(
+                    losses_so_far, run_dir / "tmp_training" / "loss.png")
             if result is None and (run_dir / "tmp_training").exists():
                 mlflow.log_artifacts(str(run_dir / "tmp_training"), "tmp_training")
         metrics = {"phase2_loss": result.final_loss, **evaluator.metrics}

@@ -58,9 +58,12 @@ def evaluation_loss(model, conc: torch.Tensor, time_step: int, delta_t: float,
 def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig, *,
                  on_eval: Callable[[int, MetabolismModel], None] | None = None,
                  eval_every: int = 0, progress: bool = True,
-                 rollout_backend: str | None = None) -> Phase2Result:
+                 rollout_backend: str | None = None,
+                 on_update: Callable[[int, float], None] | None = None) -> Phase2Result:
     """Trains on the model's device and in its precision; rollout_backend as in
-    kernels.euler_rollout (None: $METABOLISM_ROLLOUT_BACKEND, else 'auto')."""
+    kernels.euler_rollout (None: $METABOLISM_ROLLOUT_BACKEND, else 'auto').
+    on_update(step, loss) after every update (to record the curve as it grows),
+    on_eval(step, model) every eval_every updates and at the end."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     st = cfg.strategies
@@ -132,6 +135,8 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
         opt.zero_grad(set_to_none=True)
         result.losses.append(total)
         result.rollout_losses.append(rollout_total)
+        if on_update is not None:
+            on_update(step, total)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{total:.3e}")
         if on_eval is not None and eval_every and (step + 1) % eval_every == 0 \

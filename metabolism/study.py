@@ -2,24 +2,30 @@
 
 Each cell is an ordinary Phase 2 run (its own MLflow run, nested under the study's parent
 run). The table (markdown + CSV) has one row per run, failed runs included, and a summary per
-slot x strategy with mean and spread of every metric.
+slot x strategy with mean and spread of every metric. The table is rewritten as each cell
+finishes, and running the same study again runs only the cells without a finished row.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
+import json
 import math
 import multiprocessing as mp
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from metabolism.config import Config, LRSchedule, load_config
+from metabolism.config import Config, ConfigError, LRSchedule, load_config
+from metabolism.files import write_text_atomically
 from metabolism.metrics import classify_slope_ratio
 
 SUMMARY_METRICS = ["avg_slope_ratio", "MLP_node_slope_ratio_0", "MLP_node_slope_ratio_1",
@@ -67,6 +73,7 @@ def _run_cell(cell: Cell, config_dir: Path, data_root: Path, runs_root: Path,
               parent_run_id: str | None, study: str) -> dict[str, Any]:
     """Worker: one Phase 2 run; never raises, a failure becomes a FAILED row."""
     from metabolism.experiment import run_phase2
+    from metabolism.tracking import RunKilled
 
     row: dict[str, Any] = {"slot": cell.slot, "variant": cell.variant, "seed": cell.seed}
     start = time.perf_counter()
@@ -76,11 +83,15 @@ def _run_cell(cell: Cell, config_dir: Path, data_root: Path, runs_root: Path,
         row["strategy"] = cfg.training.strategies.label()
         res = run_phase2(cfg, runs_root=runs_root, data_root=data_root,
                          parent_run_id=parent_run_id,
-                         extra_tags={"study": study, "variant": cell.variant},
+                         extra_tags={"study": study, "variant": cell.variant,
+                                     "cell": cell_label(cell)},
                          progress=False, quiet=True)
         row.update(res.metrics)
         row["status"] = "FINISHED"
         row["run_dir"] = str(res.run_dir)
+    except RunKilled as exc:  # SIGTERM to this worker: its run ended KILLED, rerun on resume
+        row["status"] = "KILLED"
+        row["error"] = f"killed by {exc}"
     except Exception as exc:  # recorded, not fatal: the study goes on
         row["status"] = "FAILED"
         row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
@@ -88,13 +99,186 @@ def _run_cell(cell: Cell, config_dir: Path, data_root: Path, runs_root: Path,
     return row
 
 
+WORKER_DIED = "worker process died (killed, out of memory or crashed)"
+
+
 def run_cells(cells: list[Cell], *, config_dir: Path, data_root: Path, runs_root: Path,
-              parent_run_id: str | None, study: str, workers: int) -> list[dict[str, Any]]:
+              parent_run_id: str | None, study: str, workers: int,
+              on_row: Callable[[dict[str, Any]], None] = lambda row: None,
+              on_worker_death: Callable[[], set[str]] = set) -> list[dict[str, Any]]:
+    """Run every cell; on_row(row) as each finishes (so the table grows while the study
+    runs). A worker that dies fails its cell, not the study: the pool is recreated.
+    on_worker_death() returns the labels (cell_label) of the cells known to have died."""
     args = [(c, config_dir, data_root, runs_root, parent_run_id, study) for c in cells]
+    rows: list[dict[str, Any]] = []
+
+    def done(row: dict[str, Any]) -> None:
+        rows.append(row)
+        on_row(row)
+
     if workers <= 1:
-        return [_run_cell(*a) for a in args]
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(_run_cell, *zip(*args)))
+        for a in args:
+            done(_run_cell(*a))
+    else:
+        _run_in_pools(args, workers, done, on_worker_death)
+    return rows
+
+
+def _failed_row(cell: Cell, error: str) -> dict[str, Any]:
+    return {"slot": cell.slot, "variant": cell.variant, "seed": cell.seed, "status": "FAILED",
+            "error": error}
+
+
+def _row_of(fut: Any, cell: Cell) -> dict[str, Any]:
+    """The worker's row, or a FAILED one if the call itself failed (e.g. could not pickle)."""
+    exc = fut.exception()
+    if exc is None:
+        return fut.result()
+    return _failed_row(cell, f"{type(exc).__name__}: {exc}".splitlines()[0][:300])
+
+
+def cell_label(cell: Cell) -> str:
+    """The `cell` tag of the cell's MLflow run: how a dead worker's cell is identified."""
+    return f"slot{cell.slot}/{cell.variant}/seed{cell.seed}"
+
+
+def _run_in_pools(args: list[tuple], workers: int, done: Callable[[dict[str, Any]], None],
+                  on_worker_death: Callable[[], set[str]]) -> None:
+    """At most `workers` cells in flight. When a worker dies the pool breaks and every cell
+    in flight is lost with it. The cell whose run was left behind by a dead process
+    (on_worker_death) is recorded FAILED; the others are run again. If none can be named,
+    the lost cells are rerun one at a time, so one whose worker dies alone is known."""
+    pending = deque(range(len(args)))
+    suspects: set[int] = set()  # in flight when a pool broke: rerun alone
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    running: dict[Any, int] = {}
+    try:
+        while pending or running:
+            alone = bool(suspects & (set(pending) | set(running.values())))
+            while pending and len(running) < (1 if alone else workers):
+                i = pending.popleft()
+                running[pool.submit(_run_cell, *args[i])] = i
+                alone = alone or i in suspects
+            finished, _ = wait(running, timeout=2.0, return_when=FIRST_COMPLETED)
+            lost = []
+            if not finished and _a_worker_died(pool):
+                lost = list(running.values())  # the pool has not noticed (yet): do not wait
+                running.clear()
+            for fut in finished:
+                i = running.pop(fut)
+                if isinstance(fut.exception(), BrokenProcessPool):
+                    lost.append(i)
+                else:
+                    suspects.discard(i)
+                    done(_row_of(fut, args[i][0]))
+            if not lost:
+                continue
+            for fut, i in list(running.items()):  # the pool is gone: so are the others
+                if fut.done() and not isinstance(fut.exception(), BrokenProcessPool):
+                    done(_row_of(fut, args[i][0]))
+                else:
+                    lost.append(i)
+            running.clear()
+            _stop_workers(pool)
+            dead = on_worker_death()
+            named = {i for i in lost if cell_label(args[i][0]) in dead}
+            for i in lost:
+                if i in named or (not named and (len(lost) == 1 or i in suspects)):
+                    suspects.discard(i)
+                    done(_failed_row(args[i][0], WORKER_DIED))
+                else:
+                    if not named:
+                        suspects.add(i)
+                    pending.appendleft(i)
+            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    finally:  # done, or interrupted: an interrupted driver takes its workers with it
+        _stop_workers(pool)
+
+
+def _workers(pool: ProcessPoolExecutor) -> list:
+    return list((getattr(pool, "_processes", None) or {}).values())
+
+
+def _a_worker_died(pool: ProcessPoolExecutor) -> bool:
+    """The executor notices a dead worker only when it next wakes, and a worker it started
+    on demand may never be watched while the others are busy; ask the processes."""
+    return any(not p.is_alive() for p in _workers(pool))
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGTERM every worker (its run ends KILLED), then SIGKILL any that has not exited: one
+    blocked on the broken pool's queue would otherwise live on as an orphan."""
+    procs = _workers(pool)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(timeout=20)
+        if p.is_alive():
+            p.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------- resuming
+
+STATE_FILE = "study.json"
+
+
+def _cell_key(row: dict[str, Any]) -> tuple:
+    return (int(row["slot"]), str(row["variant"]), int(row["seed"]))
+
+
+def _parse_csv_value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_rows(csv_path: Path) -> list[dict[str, Any]]:
+    """The rows of a study.csv written earlier, values typed again (empty cells dropped)."""
+    try:
+        with Path(csv_path).open(newline="") as f:
+            rows = [{k: _parse_csv_value(v) for k, v in r.items() if v not in ("", None)}
+                    for r in csv.DictReader(f)]
+        for r in rows:
+            _cell_key(r)
+    except (OSError, csv.Error, KeyError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{csv_path}: not a readable study table ({exc}); move it away to "
+                          "start the study afresh") from None
+    return rows
+
+
+def resume_rows(out_dir: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of an earlier run of this study that are kept (finished cells; a failed or
+    killed cell is run again). Refuses a study started with other overrides."""
+    state_path = Path(out_dir) / STATE_FILE
+    if not state_path.is_file():
+        return []
+    try:
+        stored = json.loads(state_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{state_path}: unreadable ({exc})") from None
+    given = json.loads(json.dumps(settings, default=str))
+    if stored.get("overrides") != given["overrides"]:
+        raise ConfigError(f"--regime/--override: study {Path(out_dir).name} was started with "
+                          f"{stored.get('overrides')}, now {given['overrides']}; use those or "
+                          "a new --study name")
+    csv_path = Path(out_dir) / "study.csv"
+    rows = read_rows(csv_path) if csv_path.is_file() else []
+    return [r for r in rows if r.get("status") == "FINISHED"]
+
+
+def save_settings(out_dir: Path, settings: dict[str, Any]) -> None:
+    write_text_atomically(Path(out_dir) / STATE_FILE,
+                          json.dumps(settings, indent=1, default=str, sort_keys=True))
+
+
+def missing_cells(cells: list[Cell], kept: list[dict[str, Any]]) -> list[Cell]:
+    done = {_cell_key(r) for r in kept}
+    return [c for c in cells if (c.slot, c.variant, c.seed) not in done]
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -145,13 +329,14 @@ def write_report(rows: list[dict[str, Any]], out_dir: Path, title: str,
           markdown_table(summary, sum_cols), "", "## Every run", "",
           markdown_table(rows, RUN_COLUMNS), ""]
     md_path = out_dir / "study.md"
-    md_path.write_text("\n".join(md))
+    write_text_atomically(md_path, "\n".join(md))
     csv_path = out_dir / "study.csv"
     fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in RUN_COLUMNS, k))
-    with csv_path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomically(csv_path, buf.getvalue())  # rewritten after every cell: never torn
     return md_path, csv_path
 
 

@@ -12,7 +12,11 @@ import fcntl
 import logging
 import math
 import os
+import signal
+import socket
 import subprocess
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,6 +30,7 @@ logging.getLogger("alembic").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", module="mlflow")
 
 import mlflow  # noqa: E402
+from mlflow.entities import Metric  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 
@@ -61,11 +66,112 @@ def _sqlite_store_lock(uri: str) -> Iterator[None]:
 
 
 def setup_experiment(name: str) -> str:
-    """Point MLflow at our store and return the id of experiment `name` (created if new)."""
+    """Point MLflow at our store and return the id of experiment `name` (created if new).
+
+    Every command that uses the store comes through here, so it is also where runs left
+    RUNNING by a dead process are marked KILLED (`reap_orphaned_runs`)."""
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     with _sqlite_store_lock(uri):
-        return _experiment_id(name)
+        exp_id = _experiment_id(name)
+    with contextlib.suppress(Exception):  # bookkeeping: never stops the command itself
+        reap_orphaned_runs(exp_id)
+    return exp_id
+
+
+# --------------------------------------------------------------------------- orphaned runs
+
+PROCESS_TAG = "process"  # "<host>:<pid>:<start time>" of the process that owns a RUNNING run
+
+
+def _process_start_time(pid: int) -> str:
+    """Start time of a process in clock ticks since boot ('' if unknown): tells a live
+    process from a later one that got the same pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_tag(pid: int | None = None) -> str:
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_process_start_time(pid)}"
+
+
+def _owner_is_dead(tag: str) -> bool:
+    """True only when the owner provably no longer exists: same host, and its pid is gone or
+    now belongs to a process that started at another time."""
+    host, _, rest = tag.partition(":")
+    pid_text, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False  # another machine's run (or an old tag): cannot tell, leave it
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # exists, owned by someone else
+        pass
+    return bool(started) and _process_start_time(pid) not in ("", started)
+
+
+def reap_orphaned_runs(experiment_id: str, client: MlflowClient | None = None) -> list[str]:
+    """Mark KILLED (tag `reaped`) every RUNNING run of the experiment whose process is dead:
+    a kill -9, an OOM kill or a lost worker leaves its run RUNNING forever otherwise.
+    Returns the run ids it ended."""
+    client = client or MlflowClient()
+    reaped = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                  max_results=5000):
+        tag = run.data.tags.get(PROCESS_TAG, "")
+        if tag and _owner_is_dead(tag):
+            client.set_tag(run.info.run_id, "reaped", f"owner process {tag} no longer exists")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            reaped.append(run.info.run_id)
+    return reaped
+
+
+class MetricBuffer:
+    """Per-update metrics sent in batches of `every` (one MLflow call each): a run killed
+    mid-training keeps its curve up to the last batch, at 1/every of the per-step cost."""
+
+    def __init__(self, run_id: str, every: int = 50, client: MlflowClient | None = None):
+        self.run_id, self.every = run_id, every
+        self.client = client or MlflowClient()
+        self.pending: list[Metric] = []
+
+    def add(self, name: str, value: float, step: int) -> None:
+        if math.isfinite(value):
+            self.pending.append(Metric(name, float(value), int(time.time() * 1000), step))
+        if len(self.pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        for i in range(0, len(self.pending), 1000):  # MLflow's cap per batch
+            self.client.log_batch(self.run_id, metrics=self.pending[i:i + 1000])
+        self.pending = []
+
+
+class RunKilled(KeyboardInterrupt):
+    """SIGTERM arrived: unwinds the run exactly like Ctrl-C, so it ends KILLED with its data."""
+
+
+@contextlib.contextmanager
+def _signals_end_runs() -> Iterator[None]:
+    """While a run is open in the main thread, SIGTERM raises RunKilled (default: the process
+    just dies and the run stays RUNNING). SIGINT already raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        raise RunKilled(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _experiment_id(name: str) -> str:
@@ -114,25 +220,31 @@ def log_metrics_finite(metrics: dict[str, float], step: int | None = None) -> No
 @contextlib.contextmanager
 def tracked_run(experiment: str, run_name: str | None = None, tags: dict[str, str] | None = None,
                 parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """A run that ends FINISHED, or FAILED (with the error as a tag) if the body raises.
-
-    Everything logged before the failure stays in the store.
+    """A run that ends FINISHED, FAILED (with the error as a tag) if the body raises, or
+    KILLED on Ctrl-C / SIGTERM; tagged with its process so a later command can tell when it
+    was left RUNNING by a dead one. Everything logged before the end stays in the store.
     """
     exp_id = setup_experiment(experiment)
-    all_tags = dict(tags or {})
+    all_tags = {PROCESS_TAG: process_tag(), **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    run = mlflow.start_run(experiment_id=exp_id, run_name=run_name or None, tags=all_tags,
-                           nested=mlflow.active_run() is not None)
-    try:
-        yield run
-    except BaseException as exc:
-        with contextlib.suppress(Exception):
-            mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
-        mlflow.end_run(status="FAILED")
-        raise
-    else:
-        mlflow.end_run(status="FINISHED")
+    with _signals_end_runs():
+        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name or None, tags=all_tags,
+                               nested=mlflow.active_run() is not None)
+        try:
+            yield run
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as RunKilled
+            with contextlib.suppress(Exception):
+                mlflow.set_tag("killed_by", str(exc) or "SIGINT (Ctrl-C)")
+            mlflow.end_run(status="KILLED")
+            raise
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
+            mlflow.end_run(status="FAILED")
+            raise
+        else:
+            mlflow.end_run(status="FINISHED")
 
 
 def machine_description() -> str:

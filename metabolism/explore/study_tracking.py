@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from metabolism.tracking import MlflowClient, setup_experiment
+from metabolism.tracking import PROCESS_TAG, MlflowClient, process_tag, setup_experiment
 
 
 class StudyTracker:
@@ -22,12 +22,14 @@ class StudyTracker:
 
     def create_study_run(self, params: dict[str, Any]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=f"study:{self.study}",
-                                     tags={"study": self.study, "kind": "exploration_study"})
+                                     tags={"study": self.study, "kind": "exploration_study",
+                                           PROCESS_TAG: process_tag()})
         for k, v in params.items():
             self.client.log_param(run.info.run_id, k, str(v)[:500])
         return run.info.run_id
 
     def reopen(self, run_id: str) -> None:
+        self.client.set_tag(run_id, PROCESS_TAG, process_tag())  # this process owns it now
         self.client.update_run(run_id, status="RUNNING")
 
     def _node_runs(self, node_id: int) -> list:
