@@ -21,6 +21,7 @@ from metabolism import data as data_mod
 from metabolism.config import config_from_dict
 from metabolism.data import TrainingData, dataset_dir, load_training_data
 from metabolism.experiment import load_phase1_model, run_phase2
+from metabolism.integrity import describe_arrays, write_record
 from metabolism.network import GroundTruth, Stoichiometry
 from metabolism.phase2 import train_phase2
 
@@ -157,6 +158,7 @@ def _permute_types(folder: Path, rng_seed: int) -> np.ndarray:
     assert not np.array_equal(new, d["types"])
     d["types"] = new
     np.savez(path, **d)
+    write_record(path, describe_arrays(d))  # a deliberate change: recorded, not "corrupt"
     return new
 
 
