@@ -17,14 +17,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from metabolism.config import ConfigError, check_name  # noqa: E402
+from metabolism.cli import HelpFormatter  # noqa: E402
 from metabolism.explore.compare import (CompareError, collect_study_runs,  # noqa: E402
                                         format_table, plot_trajectories)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--study", required=True)
-    p.add_argument("--experiment", default="phase2_homeostasis")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
+    p.add_argument("--study", required=True, help="exploration study name (tags.study)")
+    p.add_argument("--experiment", default="phase2_homeostasis", help="MLflow experiment")
     p.add_argument("--out", type=Path, help="plot path (default studies/<study>/compare.png)")
     args = p.parse_args(argv)
     try:

@@ -22,30 +22,37 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # this checkout's package, not another installed copy
 
-from metabolism.cli import add_compute_args, compute_overrides  # noqa: E402
+from metabolism.cli import (HelpFormatter, add_common_args, add_compute_args,  # noqa: E402
+                            compute_overrides)
 from metabolism.config import CONFIG_DIR, check_name, parse_override  # noqa: E402
 from metabolism.explore.agent import AgentHook  # noqa: E402
 from metabolism.explore.backends import BackendError, make_backend  # noqa: E402
 from metabolism.explore.loop import Study, StudySettings, load_base_configs  # noqa: E402
 from metabolism.explore.runners import (DEFAULT_RUNNER, RUNNER_ENV, RunnerError,  # noqa: E402
-                                        check_runner)
+                                        check_runner, export_run_options)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=HelpFormatter)
     p.add_argument("--study", required=True, help="study name (folder under --studies-root)")
     p.add_argument("--iterations", type=int, required=True, help="total iterations (nodes)")
     p.add_argument("--block-size", type=int, required=True,
                    help="iterations per block (a multiple of the number of slots)")
-    p.add_argument("--slots", type=int, nargs="+", default=[0, 1, 2, 3])
+    p.add_argument("--slots", type=int, nargs="+", default=[0, 1, 2, 3],
+                   help="slots explored in parallel, one iteration each per round")
     p.add_argument("--ucb-c", type=float, default=1.0, help="UCB exploration constant c")
-    p.add_argument("--backend", choices=["local", "ray", "inline"], default="local")
-    # inline: one run at a time in this process (debugging)
+    p.add_argument("--backend", choices=["local", "ray", "inline"], default="local",
+                   help="local process pool, a Ray cluster, or inline (one run at a time in "
+                        "this process, for debugging)")
     p.add_argument("--address", help="Ray cluster address ('auto', 'ray://host:10001', 'local')")
     p.add_argument("--workers", type=int, help="local backend: max parallel runs (<= 4, CPUs)")
     p.add_argument("--agent-command", help="command that answers a prompt with a mutation")
-    p.add_argument("--agent-timeout", type=float, default=600.0)
-    p.add_argument("--instructions", type=Path, help="seed instructions file for the agent")
+    p.add_argument("--agent-timeout", type=float, default=600.0,
+                   help="seconds the agent may take to answer")
+    p.add_argument("--instructions", type=Path,
+                   help="seed instructions for the agent (default: the repository's "
+                        "docs/seed/phase2_homeostasis_instructions.txt)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="applied to every slot's base config (e.g. a tiny regime)")
     p.add_argument("--config-dir", type=Path, default=CONFIG_DIR,
@@ -54,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runner", default=os.environ.get(RUNNER_ENV, DEFAULT_RUNNER),
                    help=f"module:function performing one run (default {DEFAULT_RUNNER})")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the study to MLflow")
+    add_common_args(p)
     add_compute_args(p)
     return p.parse_args(argv)
 
@@ -63,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_name(args.study, "--study")  # before any path is built from it
         check_runner(args.runner)
+        # parallel runs draw no bars (they would garble each other); the loop prints a line
+        # per round and per finished iteration instead
+        export_run_options(data_root=args.data_root, runs_root=args.runs_root,
+                           progress=not args.no_progress and args.backend == "inline")
         given = dict(parse_override(o) for o in args.override)  # a resume must repeat them
         overrides = {**compute_overrides(args), **given}
         study_dir = args.studies_root / args.study

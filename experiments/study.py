@@ -14,11 +14,10 @@ import argparse
 import time
 from pathlib import Path
 
-import mlflow
 import yaml
 
-from metabolism import tracking
-from metabolism.cli import add_compute_args, compute_overrides, run_main
+from metabolism.cli import (HelpFormatter, add_common_args, add_compute_args, compute_overrides,
+                            run_main)
 from metabolism.config import (CONFIG_DIR, ConfigError, check_name, flatten, load_config,
                                parse_override)
 from metabolism.study import (VARIANTS, base_config_summary, missing_cells, plan, resume_rows,
@@ -53,19 +52,24 @@ def dead_cells(experiment_id: str) -> set[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--study", required=True, help="name: studies/<name>/ and the MLflow run")
-    ap.add_argument("--slots", type=int, nargs="+", default=[0, 1, 2, 3])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--variants", nargs="+", default=["default"], choices=sorted(VARIANTS))
+    ap.add_argument("--slots", type=int, nargs="+", default=[0, 1, 2, 3],
+                    help="slot configs to run (slotN.yaml in --config-dir)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="training seeds (training.seed) per slot and variant")
+    ap.add_argument("--variants", nargs="+", default=["default"], choices=sorted(VARIANTS),
+                    help="strategy variants (overrides on each slot config)")
     ap.add_argument("--regime", help="YAML with regime + simulation/phase1 overrides")
-    ap.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--workers", type=int, default=1, help="parallel runs (processes)")
-    ap.add_argument("--config-dir", type=Path, default=CONFIG_DIR)
-    ap.add_argument("--data-root", type=Path, default=Path("data"))
-    ap.add_argument("--runs-root", type=Path, default=Path("runs"))
-    ap.add_argument("--studies-root", type=Path, default=Path("studies"))
+    ap.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key of every run (repeatable)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="runs in parallel (processes)")
+    ap.add_argument("--config-dir", type=Path, default=CONFIG_DIR,
+                    help="folder with slot0.yaml..slot3.yaml")
+    ap.add_argument("--studies-root", type=Path, default=Path("studies"),
+                    help="study tables go to <studies-root>/<study>/")
+    add_common_args(ap)
     add_compute_args(ap)
     ap.add_argument("--no-rebuild", action="store_true",
                     help="refuse a cached dataset or Phase 1 checkpoint that fails its check")
@@ -73,6 +77,10 @@ def main() -> None:
     check_name(args.study, "--study")
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: must be >= 1")
+    import mlflow  # heavy: after --help
+
+    from metabolism import tracking
+    from metabolism.experiment import ensure_phase1
 
     base = regime_overrides(args.regime)
     base.update(compute_overrides(args))
@@ -88,10 +96,10 @@ def main() -> None:
     settings = {"overrides": {k: v for k, v in base.items() if not k.startswith("compute.")}}
     kept = resume_rows(out_dir, settings)  # rows of cells an earlier run finished
     todo = missing_cells(cells, kept)
-    from metabolism.experiment import ensure_phase1
     first = cfgs[args.slots[0]]
     # built (or verified) once, before the workers start
-    ckpt, p1 = ensure_phase1(first, args.data_root, rebuild=not args.no_rebuild)
+    ckpt, p1 = ensure_phase1(first, args.data_root, rebuild=not args.no_rebuild,
+                               progress=not args.no_progress)
     experiment = first.tracking.experiment
     save_settings(out_dir, settings)
     rows = list(kept)

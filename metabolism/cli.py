@@ -1,4 +1,8 @@
-"""Shared command-line plumbing for experiments/*.py: config flags and one-line errors."""
+"""Shared command-line plumbing for experiments/*.py: config flags and one-line errors.
+
+Kept light (no torch, mlflow or matplotlib at import) so every script's --help answers at once;
+the scripts import the heavy modules inside main().
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from pathlib import Path
 
 from metabolism.config import Config, ConfigError, load_config, parse_override
 
+QUICK_EXPERIMENT = "phase2_homeostasis_quick"
+
 # A tiny regime for smoke tests and `--quick`: every stage runs, in seconds.
 QUICK_OVERRIDES = {
     "regime": "quick",
@@ -16,13 +22,30 @@ QUICK_OVERRIDES = {
     "simulation.n_frames": 300,
     "model.hidden_dim_sub": 16,
     "model.hidden_dim_node": 16,
-    "phase1.n_steps": 60,
-    "phase1.n_restarts": 2,
-    "phase1.restart_trial_steps": 10,
+    "phase1.n_steps": 20,
+    "phase1.n_restarts": 1,
+    "phase1.restart_trial_steps": 5,
     "phase1.batch_size": 64,
-    "training.data_augmentation_loop": 12,
+    "training.data_augmentation_loop": 6,
     "training.batch_size": 4,
+    "training.plot_every": 6,  # one evaluation, at the end
 }
+QUICK_MAX_TIME_STEP = 8
+QUICK_NOTICE = ("--quick: a smoke test on a tiny regime with a few updates; its numbers say "
+                "nothing about the method (run without --quick for real results)")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every option's default."""
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """The flags every script shares: where data, runs and progress go."""
+    p.add_argument("--data-root", type=Path, default=Path("data"),
+                   help="cached datasets and Phase 1 checkpoints")
+    p.add_argument("--runs-root", type=Path, default=Path("runs"),
+                   help="run folders (analysis.log, plots, checkpoints)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def add_compute_args(p: argparse.ArgumentParser) -> None:
@@ -50,10 +73,8 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. training.batch_size=4 (repeatable)")
     p.add_argument("--quick", action="store_true",
-                   help="tiny regime and a few updates: checks the whole pipeline in seconds")
-    p.add_argument("--data-root", type=Path, default=Path("data"))
-    p.add_argument("--runs-root", type=Path, default=Path("runs"))
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+                   help="smoke test: tiny regime, a few updates, its own MLflow experiment")
+    add_common_args(p)
     add_compute_args(p)
     p.add_argument("--no-rebuild", action="store_true",
                    help="refuse (instead of rebuilding) a cached dataset or Phase 1 checkpoint "
@@ -62,8 +83,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 def parse_config_args(doc: str) -> tuple[argparse.Namespace, Config]:
     """The shared command line of experiments/phase1.py and phase2.py: args and the config."""
-    parser = argparse.ArgumentParser(description=doc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
     add_config_args(parser)
     args = parser.parse_args()
     return args, config_from_args(args)
@@ -74,8 +94,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.quick:  # keep the file's training section, shrink everything else
         base = load_config(args.config, {"regime": "quick"})
         overrides.update(QUICK_OVERRIDES)
-        overrides["slot"] = None  # the slot's fixed time step is kept, capped for 300 frames
-        overrides["training.homeostasis_time_step"] = min(base.training.homeostasis_time_step, 16)
+        overrides["slot"] = None  # the slot's fixed time step is kept, capped for the tiny run
+        overrides["training.homeostasis_time_step"] = min(base.training.homeostasis_time_step,
+                                                          QUICK_MAX_TIME_STEP)
+        overrides["tracking.experiment"] = QUICK_EXPERIMENT
     overrides.update(compute_overrides(args))
     for text in args.override:
         key, value = parse_override(text)

@@ -28,6 +28,7 @@ from metabolism.model import MetabolismModel
 from metabolism.network import GroundTruth
 from metabolism.phase1 import train_phase1
 from metabolism.phase2 import train_phase2
+from metabolism.verdict import classify_slope_ratio, targets_met
 
 
 # updates per MLflow batch of the loss curve: what a killed run can lose at most
@@ -214,7 +215,7 @@ class _Evaluator:
         metrics, sweep = evaluate(model, self.data.concentrations, self.data.stoich, self.truth,
                                   self.cfg.evaluation)
         self.metrics, self.sweep = metrics, sweep
-        tracking.log_metrics_finite(metrics, step=step)
+        tracking.log_metrics_finite(split_ground_truth(metrics)[0], step=step)
         tmp = self.run_dir / "tmp_training"
         self.plots["mlp_node"] = plots.plot_mlp_node(
             node_fn_of(model), sweep, self.truth,
@@ -247,10 +248,45 @@ def read_analysis_log(path: Path) -> dict[str, float]:
     return out
 
 
-def default_run_name(cfg: Config) -> str:
-    slot = f"slot{cfg.slot}" if cfg.slot is not None else "adhoc"
-    return f"{slot}-T{cfg.training.homeostasis_time_step}-{cfg.training.strategies.label()}" \
-           f"-s{cfg.training.seed}"
+def default_run_name(cfg: Config, tags: dict[str, str] | None = None,
+                     when: float | None = None) -> str:
+    """origin-slot-T-seed-time, readable in the UI and unique per second: the origin (run,
+    quick, study-<name>[-<variant>], explore-<study>-iter<n>) keeps an exploration's slot 3 run
+    apart from a plain slot 3 run."""
+    tags = tags or {}
+    if "node_id" in tags:
+        origin = f"explore-{tags.get('study', '')}-iter{tags['node_id']}"
+    elif "study" in tags:
+        variant = tags.get("variant", "default")
+        origin = f"study-{tags['study']}" + ("" if variant == "default" else f"-{variant}")
+    else:
+        origin = cfg.regime if cfg.regime in ("quick", "test") else "run"
+    slot = f"slot{cfg.slot}" if cfg.slot is not None else "noslot"
+    stamp = time.strftime("%m%d-%H%M%S", time.localtime(when))
+    return f"{origin}-{slot}-T{cfg.training.homeostasis_time_step}-s{cfg.training.seed}-{stamp}"
+
+
+def _log_inputs(data_folder: Path, data: TrainingData, ckpt: Path) -> None:
+    """The training data as an MLflow dataset (name, digest, source shown on the run page) and
+    the frozen Phase 1 checkpoint as an artifact, so a run names exactly what it learned from."""
+    import mlflow.data
+
+    ds = mlflow.data.from_numpy(data.concentrations, source=str(data_folder / "training.npz"),
+                                name=data_folder.name)
+    mlflow.log_input(ds, context="training")
+    mlflow.log_artifact(str(ckpt), "phase1")
+
+
+def split_ground_truth(metrics: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """(metrics, ground-truth constants): the constants (-lambda_t, lambda_t cb_t) are the same
+    at every step, so MLflow gets them as params and its metric list keeps what was learned."""
+    truth = {k: v for k, v in metrics.items() if "_gt_" in k}
+    return {k: v for k, v in metrics.items() if k not in truth}, truth
+
+
+def verdict_tags(metrics: dict[str, float], n_types: int) -> dict[str, str]:
+    return {"verdict": classify_slope_ratio(metrics.get("avg_slope_ratio", float("nan"))),
+            "targets_met": str(targets_met(metrics, n_types)).lower()}
 
 
 def new_run_dir(path: Path) -> Path:
@@ -276,9 +312,9 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
     folder = dataset_dir(cfg, data_root)
     data, truth = load_training_data(folder), load_ground_truth(folder)
 
-    run_name = cfg.tracking.run_name or default_run_name(cfg)
-    run_dir = new_run_dir(
-        runs_root / cfg.tracking.experiment / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_name = cfg.tracking.run_name or default_run_name(cfg, extra_tags)
+    run_dir = new_run_dir(runs_root / cfg.tracking.experiment / (
+        f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}" if cfg.tracking.run_name else run_name))
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     tr = cfg.training
     device = compute.setup(cfg.compute)
@@ -288,12 +324,15 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
             "git_commit": tracking.git_commit(), "regime": cfg.regime,
             "config_source": cfg.source, **(extra_tags or {})}
 
-    with tracking.tracked_run(cfg.tracking.experiment, run_name, tags, parent_run_id) as run:
+    failed = {"verdict": "failed", "targets_met": "false"}
+    with tracking.tracked_run(cfg.tracking.experiment, run_name, tags, parent_run_id,
+                              failure_tags=failed) as run:
         run_id = run.info.run_id
-        client = mlflow.tracking.MlflowClient()
+        client = tracking.client()
         _say(f"run folder: {run_dir}\nMLflow run: {run_id} (experiment "
              f"'{cfg.tracking.experiment}', store {tracking.tracking_uri()})", quiet)
         tracking.log_params_flat(cfg.flat())
+        _log_inputs(folder, data, ckpt)
         model = load_phase1_model(ckpt, data, cfg)
         # tagged from the checkpoint as loaded and verified, not from what its info claims
         mlflow.set_tags({"phase1_checkpoint": file_hash(ckpt),
@@ -336,9 +375,20 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
                   "device": f"{device} ({compute.device_name(device)}), "
                             f"{torch.get_num_threads()} torch threads"}
         write_analysis_log(run_dir / "analysis.log", metrics, header)
+        # the evaluation metrics were logged at the final update by the evaluator; logging them
+        # again without a step would add a point at step 0 that never happened
         tracking.log_metrics_finite({"phase2_loss": result.final_loss},
                                     step=tr.data_augmentation_loop)
-        tracking.log_metrics_finite(metrics)
+        _, truth_constants = split_ground_truth(metrics)
+        tracking.log_params_flat({f"ground_truth.{k}": f"{v:.6g}"
+                                  for k, v in truth_constants.items()})
+        outcome = verdict_tags(metrics, cfg.simulation.n_metabolite_types)
+        mlflow.set_tags(outcome)
+        mlflow.set_tag("mlflow.note.content", (
+            f"verdict {outcome['verdict']}, targets met: {outcome['targets_met']}; "
+            f"avg_slope_ratio {metrics['avg_slope_ratio']:.3f}, embedding_cluster_acc "
+            f"{metrics['embedding_cluster_acc']:.3f} ({metrics['embedding_n_clusters']:.0f} "
+            f"clusters), rate_constants_R2 {metrics['rate_constants_R2']:.4f}"))
         torch.save({"state_dict": model.cpu_copy().state_dict(), "config": cfg.to_dict(),
                     "phase1_checkpoint": str(ckpt)}, run_dir / "phase2_checkpoint.pt")
         mlflow.log_artifact(str(run_dir / "analysis.log"))

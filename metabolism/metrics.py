@@ -19,18 +19,6 @@ from metabolism.config import EvaluationConfig
 from metabolism.network import GroundTruth, Stoichiometry
 
 
-def classify_slope_ratio(avg_slope_ratio: float) -> str:
-    """The seed's classification: converged / partial / failed."""
-    r = avg_slope_ratio
-    if not np.isfinite(r):
-        return "failed"
-    if 0.8 <= r <= 1.2:
-        return "converged"
-    if 0.3 <= r < 0.8 or 1.2 < r <= 3.0:
-        return "partial"
-    return "failed"
-
-
 # ----------------------------------------------------------------------------- rate constants
 
 

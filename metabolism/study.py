@@ -26,7 +26,7 @@ import numpy as np
 
 from metabolism.config import Config, ConfigError, LRSchedule, load_config
 from metabolism.files import write_text_atomically
-from metabolism.metrics import classify_slope_ratio
+from metabolism.verdict import classify_slope_ratio
 
 SUMMARY_METRICS = ["avg_slope_ratio", "MLP_node_slope_ratio_0", "MLP_node_slope_ratio_1",
                    "embedding_cluster_acc", "embedding_n_clusters", "rate_constants_R2",

@@ -65,6 +65,24 @@ def _sqlite_store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+from metabolism.cli import QUICK_EXPERIMENT  # noqa: E402
+
+# Shown on the experiment's page in the UI (its mlflow.note.content tag).
+EXPERIMENT_DESCRIPTIONS = {
+    "phase2_homeostasis": (
+        "Phase 2 homeostasis runs: one run per slot config and seed (run name: origin-slot-"
+        "time step-seed-time; origin is run, study-<name> or explore-<study>-iter<n>).\n\n"
+        "Compare first: avg_slope_ratio (1.0 best), MLP_node_slope_ratio_<type>, "
+        "embedding_cluster_acc, embedding_n_clusters; tags verdict (converged / partial / "
+        "failed on avg_slope_ratio) and targets_met (every slope ratio in 0.8-1.2, accuracy "
+        ">= 0.95, the true number of groups). Filter e.g. tags.slot = '3', "
+        "tags.study = 'main'. Ground-truth constants are params (ground_truth.*)."),
+    QUICK_EXPERIMENT: (
+        "Smoke tests (--quick): a tiny regime and a few updates that check the pipeline runs. "
+        "Their numbers say nothing about the method."),
+}
+
+
 def setup_experiment(name: str) -> str:
     """Point MLflow at our store and return the id of experiment `name` (created if new).
 
@@ -174,18 +192,43 @@ def _signals_end_runs() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _describe(client: MlflowClient, exp) -> None:
+    text = EXPERIMENT_DESCRIPTIONS.get(exp.name)
+    if text and exp.tags.get("mlflow.note.content") != text:
+        client.set_experiment_tag(exp.experiment_id, "mlflow.note.content", text)
+
+
+def local_artifact_root(uri: str) -> Path | None:
+    """Where a local SQLite store keeps its artifacts: beside the database file.
+
+    Decided from the store's URI, never from the environment: mlflow.set_tracking_uri itself
+    exports MLFLOW_TRACKING_URI, and MLflow's own default would be ./mlruns of whatever folder
+    the process runs in (the user's store, when tests run from the repository).
+    A server or other store chooses its own artifact location (None).
+    """
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):]).parent / "artifacts" if uri.startswith(prefix) else None
+
+
+def client() -> MlflowClient:
+    """A client on our store (never MLflow's default ./mlflow.db of the current folder)."""
+    return MlflowClient(tracking_uri=tracking_uri())
+
+
 def _experiment_id(name: str) -> str:
-    client = MlflowClient()
+    uri = mlflow.get_tracking_uri()
+    client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    artifact_location = None
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        artifact_location = (MLRUNS_DIR / "artifacts" / name).as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except mlflow.exceptions.MlflowException:  # created concurrently by a sibling process
-        return client.get_experiment_by_name(name).experiment_id
+    if exp is None:
+        root = local_artifact_root(uri)
+        artifact_location = (root / name).as_uri() if root else None
+        try:
+            client.create_experiment(name, artifact_location=artifact_location)
+        except mlflow.exceptions.MlflowException:  # created concurrently by a sibling process
+            pass
+        exp = client.get_experiment_by_name(name)
+    _describe(client, exp)
+    return exp.experiment_id
 
 
 def git_commit() -> str:
@@ -219,10 +262,11 @@ def log_metrics_finite(metrics: dict[str, float], step: int | None = None) -> No
 
 @contextlib.contextmanager
 def tracked_run(experiment: str, run_name: str | None = None, tags: dict[str, str] | None = None,
-                parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """A run that ends FINISHED, FAILED (with the error as a tag) if the body raises, or
-    KILLED on Ctrl-C / SIGTERM; tagged with its process so a later command can tell when it
-    was left RUNNING by a dead one. Everything logged before the end stays in the store.
+                parent_run_id: str | None = None,
+                failure_tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """A run that ends FINISHED, FAILED (with the error and `failure_tags` as tags) if the body
+    raises, or KILLED on Ctrl-C / SIGTERM; tagged with its process so a later command can tell
+    when it was left RUNNING by a dead one. Everything logged before the end stays in the store.
     """
     exp_id = setup_experiment(experiment)
     all_tags = {PROCESS_TAG: process_tag(), **(tags or {})}
@@ -241,6 +285,7 @@ def tracked_run(experiment: str, run_name: str | None = None, tags: dict[str, st
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
+                mlflow.set_tags(failure_tags or {})
             mlflow.end_run(status="FAILED")
             raise
         else:

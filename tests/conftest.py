@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from pathlib import Path
 
@@ -47,6 +48,8 @@ def tiny_dict(**dotted) -> dict:
         "phase1.batch_size": 32,
         "training.homeostasis_time_step": 8,
         "training.data_augmentation_loop": 6,
+        "training.plot_every": 0,  # evaluate every loop // 4 updates, not once as --quick does
+        "tracking.experiment": "phase2_homeostasis_tests",
     }
     extra.update(dotted)
     for k, v in extra.items():
@@ -67,6 +70,19 @@ def tiny_phase1(tmp_path_factory):
     data_root = tmp_path_factory.mktemp("data")
     ckpt, info = ensure_phase1(cfg, data_root, progress=False, quiet=True)
     return cfg, data_root, ckpt, info
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_mlflow_store(tmp_path_factory):
+    """No test writes to the user's store (mlruns/ or their MLFLOW_TRACKING_URI): a test that
+    sets no store of its own gets this session's."""
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    yield
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
 
 
 @pytest.fixture

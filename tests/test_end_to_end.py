@@ -125,7 +125,9 @@ def test_mlflow_run_finished_with_params_metrics_tags(e2e):
     metrics = run.data.metrics
     log = read_analysis_log(res.run_dir / "analysis.log")
     for k, v in log.items():
-        if math.isfinite(v):
+        if "_gt_" in k:  # constants of the simulation: params, not metrics
+            assert k not in metrics and float(params[f"ground_truth.{k}"]) == pytest.approx(v)
+        elif math.isfinite(v):
             assert k in metrics, f"MLflow lacks metric {k}"
             assert metrics[k] == pytest.approx(res.metrics[k], rel=1e-6, abs=1e-12)
         else:
@@ -140,6 +142,41 @@ def test_mlflow_run_finished_with_params_metrics_tags(e2e):
     assert tags["phase1_checkpoint"] == file_hash(ckpt)
 
 
+def test_mlflow_run_says_how_it_did_and_what_it_learned_from(e2e):
+    """verdict / targets_met from the shared rules, a readable unique name, the dataset as an
+    MLflow input, the Phase 1 checkpoint as an artifact, and an experiment description."""
+    from metabolism.verdict import classify_slope_ratio, targets_met
+
+    client, res, cfg = e2e["client"], e2e["res"], e2e["cfg"]
+    run = client.get_run(res.mlflow_run_id)
+    tags = run.data.tags
+    assert tags["verdict"] == classify_slope_ratio(res.metrics["avg_slope_ratio"])
+    assert tags["targets_met"] == str(targets_met(res.metrics, N_TYPES)).lower()
+    assert f"verdict {tags['verdict']}" in tags["mlflow.note.content"]
+    assert re.fullmatch(r"test-noslot-T8-s0-\d{4}-\d{6}", run.info.run_name), run.info.run_name
+    assert res.run_dir.name == run.info.run_name
+    (ds,) = run.inputs.dataset_inputs
+    assert ds.dataset.name == dataset_dir(cfg, e2e["tmp"] / "data").name
+    assert ds.tags[0].value == "training"
+    ckpt = phase1_checkpoint_path(cfg, e2e["tmp"] / "data")
+    assert {a.path for a in client.list_artifacts(res.mlflow_run_id, "phase1")} == {
+        f"phase1/{ckpt.name}"}
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.name == "e2e" and "mlflow.note.content" not in exp.tags  # no text for "e2e"
+
+
+def test_run_names_tell_apart_where_a_run_came_from():
+    from metabolism.experiment import default_run_name
+
+    cfg = e2e_config(**{"slot": 3, "training.homeostasis_time_step": 64, "regime": "study_x"})
+    names = {default_run_name(cfg, tags, when=0) for tags in (
+        {}, {"study": "main", "variant": "default"}, {"study": "abl", "variant": "no_reassign"},
+        {"study": "x1", "node_id": "5"})}
+    assert {n.rsplit("-", 2)[0] for n in names} == {
+        "run-slot3-T64-s0", "study-main-slot3-T64-s0", "study-abl-no_reassign-slot3-T64-s0",
+        "explore-x1-iter5-slot3-T64-s0"}
+
+
 def test_mlflow_per_step_loss_history(e2e):
     client, res = e2e["client"], e2e["res"]
     hist = client.get_metric_history(res.mlflow_run_id, "phase2_train_loss")
@@ -148,6 +185,19 @@ def test_mlflow_per_step_loss_history(e2e):
     # the periodic evaluations are logged per step too
     hist = client.get_metric_history(res.mlflow_run_id, "avg_slope_ratio")
     assert len({m.step for m in hist}) >= 2
+
+
+def test_metric_histories_hold_only_points_that_happened(e2e):
+    """Evaluations happen after updates 2, 4, 6, 8: no metric may claim a value at step 0."""
+    client, res = e2e["client"], e2e["res"]
+    run = client.get_run(res.mlflow_run_id)
+    eval_steps = {N_UPDATES // 4 * k for k in range(1, 5)}
+    for key in run.data.metrics:
+        if key == "phase2_train_loss":
+            continue
+        steps = {m.step for m in client.get_metric_history(res.mlflow_run_id, key)}
+        assert steps <= eval_steps, f"{key} logged at steps {sorted(steps - eval_steps)}"
+        assert N_UPDATES in steps, key
 
 
 def test_mlflow_artifacts(e2e):
@@ -285,7 +335,12 @@ def test_cli_quick(tmp_path):
     run = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).get_run(m.group(1))
     assert run.info.status == "FINISHED"
     assert run.data.tags["regime"] == "quick"
-    assert run.data.tags["time_step"] == "16"  # slot3's 64, capped for the tiny regime
+    assert run.data.tags["time_step"] == "8"  # slot3's 64, capped for the tiny regime
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.name == "phase2_homeostasis_quick"  # never mixed with real runs
+    assert "say nothing about the method" in exp.tags["mlflow.note.content"]
+    assert out.stdout.count("smoke test") == 2  # said before and after the numbers
     log = read_analysis_log(run_dir / "analysis.log")
     assert not [k for k in spec_keys() if k not in log]
 

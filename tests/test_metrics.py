@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from metabolism.config import EvaluationConfig
-from metabolism.metrics import (classify_slope_ratio, cluster_accuracy, corrected_log10_k,
-                                embedding_metrics, r2_linear_fit, slope_metrics, sweep_node)
+from metabolism.metrics import (cluster_accuracy, corrected_log10_k, embedding_metrics,
+                                r2_linear_fit, slope_metrics, sweep_node)
 from metabolism.network import GroundTruth, metabolite_types
+from metabolism.verdict import classify_slope_ratio, targets_met
 
 
 def _truth(n=40, t=2, lam=(0.001, 0.002), cb=(4.0, 6.0)) -> GroundTruth:
@@ -172,3 +173,22 @@ def test_corrected_log10_k():
 ])
 def test_classify_slope_ratio(r, label):
     assert classify_slope_ratio(r) == label
+
+
+def _all_targets(**changes):
+    m = {"avg_slope_ratio": 1.05, "MLP_node_slope_ratio_0": 1.15, "MLP_node_slope_ratio_1": 0.95,
+         "MLP_node_slope_ratio_2": 1.0, "embedding_cluster_acc": 0.96, "embedding_n_clusters": 3}
+    m.update(changes)
+    return m
+
+
+@pytest.mark.parametrize("changes,met", [
+    ({}, True),
+    ({"MLP_node_slope_ratio_2": 1.21}, False),       # one type out of band, avg inside
+    ({"MLP_node_slope_ratio_2": float("nan")}, False),
+    ({"embedding_cluster_acc": 0.949}, False),
+    ({"embedding_n_clusters": 2}, False),             # right accuracy, wrong number of groups
+    ({"avg_slope_ratio": 0.79}, False),
+])
+def test_targets_met_checks_every_type_accuracy_and_group_count(changes, met):
+    assert targets_met(_all_targets(**changes), n_types=3) is met

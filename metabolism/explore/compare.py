@@ -36,12 +36,11 @@ class IterationRow:
 
 
 def collect_study_runs(study: str, experiment: str) -> list[IterationRow]:
-    from metabolism.tracking import MlflowClient, setup_experiment
+    from metabolism import tracking
 
-    client = MlflowClient()
-    setup_experiment(experiment)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.study = '{study}'",
+    experiment_id = tracking.setup_experiment(experiment)
+    client = tracking.client()
+    runs = client.search_runs([experiment_id], filter_string=f"tags.study = '{study}'",
                               order_by=["attributes.start_time DESC"], max_results=50000)
     # Prefer the run the loop recorded (it sets node_status) over any stray duplicate.
     runs = sorted(runs, key=lambda r: "node_status" not in r.data.tags)

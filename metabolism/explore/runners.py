@@ -53,11 +53,28 @@ def check_runner(spec: str) -> None:
                           "importable")
 
 
+# Where the real runner puts data and runs, and whether it draws a progress bar: environment
+# variables, because pool and Ray workers inherit the environment but not our arguments.
+RUN_OPTION_ENV = {"data_root": "METABOLISM_DATA_ROOT", "runs_root": "METABOLISM_RUNS_ROOT",
+                  "progress": "METABOLISM_PROGRESS"}
+
+
+def export_run_options(*, data_root: Path, runs_root: Path, progress: bool) -> None:
+    os.environ[RUN_OPTION_ENV["data_root"]] = str(Path(data_root).resolve())
+    os.environ[RUN_OPTION_ENV["runs_root"]] = str(Path(runs_root).resolve())
+    os.environ[RUN_OPTION_ENV["progress"]] = "1" if progress else "0"
+
+
 def phase2_runner(cfg: Config, parent_run_id: str | None, extra_tags: dict[str, str]):
     """The real Phase 2 training run (metabolism.experiment.run_phase2)."""
     from metabolism.experiment import run_phase2
 
-    return run_phase2(cfg, parent_run_id=parent_run_id, extra_tags=extra_tags)
+    env = os.environ.get
+    progress = env(RUN_OPTION_ENV["progress"], "0") == "1"
+    return run_phase2(cfg, parent_run_id=parent_run_id, extra_tags=extra_tags,
+                      data_root=Path(env(RUN_OPTION_ENV["data_root"], "data")),
+                      runs_root=Path(env(RUN_OPTION_ENV["runs_root"], "runs")),
+                      progress=progress, quiet=not progress)
 
 
 def _one_line(exc: BaseException) -> str:

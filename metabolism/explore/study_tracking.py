@@ -11,13 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from metabolism.tracking import PROCESS_TAG, MlflowClient, process_tag, setup_experiment
+from metabolism import tracking
+from metabolism.tracking import PROCESS_TAG, process_tag
 
 
 class StudyTracker:
     def __init__(self, experiment: str, study: str):
-        self.experiment_id = setup_experiment(experiment)
-        self.client = MlflowClient()
+        self.experiment_id = tracking.setup_experiment(experiment)
+        self.client = tracking.client()
         self.study = study
 
     def create_study_run(self, params: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from metabolism.files import write_text_atomically
-from metabolism.metrics import classify_slope_ratio
+from metabolism.verdict import classify_slope_ratio
 
 ROOT = "root"
 
@@ -28,7 +28,7 @@ SLOPE_WEIGHT = 0.7
 
 
 def classify(avg_slope_ratio: float | None) -> str:
-    """The seed's table (metrics.classify_slope_ratio); a run without a ratio failed."""
+    """The seed's table (verdict.classify_slope_ratio); a run without a ratio failed."""
     return FAILED if avg_slope_ratio is None else classify_slope_ratio(avg_slope_ratio)
 
 
