@@ -9,12 +9,19 @@ Backward is counted as 2x forward (the usual dense-layer rule), so fwd+bwd = 3x 
 The floor is FLOPs / peak, with peak the device's measured float32 GEMM rate (torch.mm on
 2048^2 operands, no TF32): no rollout implementation can beat dense GEMM throughput, and the
 memory traffic (the trajectory, B T N floats) is orders of magnitude below it at these sizes.
+The peak is measured once per machine (device, its name, thread count) and stored in a cache
+file, so "% of floor" compares across runs on one machine instead of moving with the load of
+the moment the peak was taken.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import os
+import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -40,8 +47,50 @@ def rollout_flops(node_layers: Layers, frozen: FrozenReactions, batch: int, n_st
     return step_flops(node_layers, frozen) * batch * n_steps * (3 if backward else 1)
 
 
+PEAK_CACHE_ENV = "METABOLISM_PEAK_CACHE"
+
+
+def peak_cache_path() -> Path:
+    """Per user, outside the repository (never committed); $METABOLISM_PEAK_CACHE overrides."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "metabolism" / \
+        "peak_flops.json"
+    return Path(os.environ.get(PEAK_CACHE_ENV, default))
+
+
+def machine_key(device: str) -> str:
+    """What the peak depends on: host, device model and the intra-op thread count."""
+    if device == "cuda":
+        name = torch.cuda.get_device_name(0)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            name = next(line.split(":", 1)[1].strip() for line in
+                        Path("/proc/cpuinfo").read_text().splitlines()
+                        if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+    return f"{platform.node()}|{device}|{name}|threads={torch.get_num_threads()}"
+
+
 @functools.lru_cache(maxsize=None)
 def peak_flops(device: str) -> float:
+    """The stored peak of this machine, measured and stored on first use."""
+    path, key = peak_cache_path(), machine_key(device)
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if not isinstance(cache.get(key), dict) or "flops" not in cache[key]:
+        cache[key] = {"flops": measure_peak_flops(device),
+                      "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, indent=2))
+        tmp.replace(path)
+    return float(cache[key]["flops"])
+
+
+def measure_peak_flops(device: str) -> float:
     """Measured float32 GEMM FLOP/s on this device (best of a few runs)."""
     n = 2048
     a = torch.randn(n, n, device=device)

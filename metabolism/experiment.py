@@ -23,11 +23,12 @@ from metabolism.data import (TrainingData, dataset_dir, ensure_dataset, load_gro
 from metabolism.files import replace_atomically, write_text_atomically
 from metabolism.integrity import (CacheError, NoRecord, cache_lock, check_shapes,
                                   describe_arrays, read_record, verify, write_record)
-from metabolism.metrics import corrected_log10_k, evaluate, node_fn_of, rate_constants_r2
+from metabolism.metrics import (corrected_log10_k, dbscan_labels, evaluate, matched_types,
+                                node_fn_of, rate_constants_r2)
 from metabolism.model import MetabolismModel
 from metabolism.network import GroundTruth
 from metabolism.phase1 import train_phase1
-from metabolism.phase2 import train_phase2
+from metabolism.phase2 import strategy_events, train_phase2
 from metabolism.verdict import classify_slope_ratio, targets_met
 
 
@@ -210,24 +211,36 @@ class _Evaluator:
         self.metrics: dict[str, float] = {}
         self.sweep = None
 
+    def context(self, step: int | None = None) -> str:
+        """'slot 3 (T=64), seed 0, update 600/600': the title line every plot carries."""
+        tr = self.cfg.training
+        slot = f"slot {self.cfg.slot}" if self.cfg.slot is not None else "no slot"
+        text = f"{slot} (T={tr.homeostasis_time_step}), seed {tr.seed}, regime {self.cfg.regime}"
+        return text + (f", update {step}/{tr.data_augmentation_loop}" if step is not None else "")
+
     def __call__(self, step: int, model) -> None:
         model = model.cpu_copy()
-        metrics, sweep = evaluate(model, self.data.concentrations, self.data.stoich, self.truth,
-                                  self.cfg.evaluation)
+        ev = self.cfg.evaluation
+        metrics, sweep = evaluate(model, self.data.concentrations, self.data.stoich, self.truth, ev)
         self.metrics, self.sweep = metrics, sweep
         tracking.log_metrics_finite(split_ground_truth(metrics)[0], step=step)
         tmp = self.run_dir / "tmp_training"
         self.plots["mlp_node"] = plots.plot_mlp_node(
             node_fn_of(model), sweep, self.truth,
-            tmp / "function" / "rate_func" / f"MLP_node_p2_{step}.png")
-        corrected = corrected_log10_k(model.log10_k.detach().double().numpy(),
-                                      self.data.stoich.n_substrates, model.sub_scale())
-        self.plots["rate_constants"] = plots.plot_rate_constants(
-            self.truth.log10_k, corrected, metrics["rate_constants_R2"],
-            tmp / "rate_constants" / f"comparison_p2_{step}.png")
+            tmp / "function" / "rate_func" / f"MLP_node_p2_{step}.png",
+            self.data.concentrations, self.context(step))
+        if "rate_constants" not in self.plots:  # frozen since Phase 1: one plot per run
+            corrected = corrected_log10_k(model.log10_k.detach().cpu().double().numpy(),
+                                          self.data.stoich.n_substrates, model.sub_scale())
+            self.plots["rate_constants"] = plots.plot_rate_constants(
+                self.truth.log10_k, corrected, metrics["rate_constants_R2"],
+                tmp / "rate_constants" / "comparison.png", self.context())
+        emb = model.embeddings.detach().cpu().double().numpy()
+        clusters = dbscan_labels(emb, ev)
         self.plots["embedding"] = plots.plot_embeddings(
-            model.embeddings.detach().double().numpy(), self.truth.types,
-            metrics["embedding_cluster_acc"], tmp / "embedding" / f"embedding_p2_{step}.png")
+            emb, self.truth.types, clusters, matched_types(clusters, self.truth.types),
+            metrics["embedding_cluster_acc"], ev.cluster_distance_threshold,
+            tmp / "embedding" / f"embedding_p2_{step}.png", self.context(step))
 
 
 def write_analysis_log(path: Path, metrics: dict[str, float], header: dict[str, str]) -> None:
@@ -269,10 +282,15 @@ def default_run_name(cfg: Config, tags: dict[str, str] | None = None,
 def _log_inputs(data_folder: Path, data: TrainingData, ckpt: Path) -> None:
     """The training data as an MLflow dataset (name, digest, source shown on the run page) and
     the frozen Phase 1 checkpoint as an artifact, so a run names exactly what it learned from."""
+    import warnings
+
     import mlflow.data
 
-    ds = mlflow.data.from_numpy(data.concentrations, source=str(data_folder / "training.npz"),
-                                name=data_folder.name)
+    with warnings.catch_warnings():  # MLflow warns that two source classes fit a local path
+        warnings.simplefilter("ignore", UserWarning)
+        ds = mlflow.data.from_numpy(data.concentrations,
+                                    source=str(data_folder / "training.npz"),
+                                    name=data_folder.name)
     mlflow.log_input(ds, context="training")
     mlflow.log_artifact(str(ckpt), "phase1")
 
@@ -356,8 +374,13 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
         finally:  # keep what was recorded, even when training failed or was killed
             curve.flush()
             if losses_so_far:
+                n = len(losses_so_far)
+                components = ({f"{name} term": values for name, values in result.components.items()}
+                              if result else {})
                 evaluator.plots["loss"] = plots.plot_loss(
-                    losses_so_far, run_dir / "tmp_training" / "loss.png")
+                    losses_so_far, run_dir / "tmp_training" / "loss.png", components,
+                    {k: [s for s in v if s < n] for k, v in strategy_events(tr).items()},
+                    evaluator.context(n))
             if result is None and (run_dir / "tmp_training").exists():
                 mlflow.log_artifacts(str(run_dir / "tmp_training"), "tmp_training")
         metrics = {"phase2_loss": result.final_loss, **evaluator.metrics}

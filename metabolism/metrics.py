@@ -93,20 +93,33 @@ def slope_metrics(sweep: SweepResult, truth: GroundTruth) -> dict[str, float]:
 # ----------------------------------------------------------------------------- embeddings
 
 
-def cluster_accuracy(pred: np.ndarray, true: np.ndarray) -> float:
-    """Best one-to-one matching of predicted clusters to true types (Hungarian)."""
+def matched_types(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Per metabolite, the true type its predicted cluster is matched to by the best
+    one-to-one matching (Hungarian); -1 where its cluster got no type."""
     p_ids, p_inv = np.unique(pred, return_inverse=True)
     t_ids, t_inv = np.unique(true, return_inverse=True)
     counts = np.zeros((len(p_ids), len(t_ids)))
     np.add.at(counts, (p_inv, t_inv), 1)
     rows, cols = linear_sum_assignment(-counts)
-    return float(counts[rows, cols].sum() / len(true))
+    type_of_cluster = np.full(len(p_ids), -1, dtype=np.int64)
+    type_of_cluster[rows] = t_ids[cols]
+    return type_of_cluster[p_inv]
+
+
+def cluster_accuracy(pred: np.ndarray, true: np.ndarray) -> float:
+    """Fraction of metabolites whose cluster is matched to their own type."""
+    return float(np.mean(matched_types(pred, true) == np.asarray(true)))
+
+
+def dbscan_labels(embeddings: np.ndarray, cfg: EvaluationConfig) -> np.ndarray:
+    """The clusters the metrics score (noise is -1)."""
+    return DBSCAN(eps=cfg.cluster_distance_threshold,
+                  min_samples=cfg.dbscan_min_samples).fit_predict(embeddings)
 
 
 def embedding_metrics(embeddings: np.ndarray, types: np.ndarray,
                       cfg: EvaluationConfig) -> dict[str, float]:
-    labels = DBSCAN(eps=cfg.cluster_distance_threshold,
-                    min_samples=cfg.dbscan_min_samples).fit_predict(embeddings)
+    labels = dbscan_labels(embeddings, cfg)
     # noise (-1) counts as one cluster of its own for the accuracy
     n_clusters = len(set(labels) - {-1})
     n_labels = len(set(labels))

@@ -36,6 +36,8 @@ class DivergenceError(FloatingPointError):
 class Phase2Result:
     losses: list[float] = field(default_factory=list)  # total loss per optimizer update
     rollout_losses: list[float] = field(default_factory=list)
+    # each term of the objective per update, as it enters the total (weights applied)
+    components: dict[str, list[float]] = field(default_factory=dict)
     final_loss: float = float("nan")  # rollout MSE on a fixed set of start frames
     seconds: float = 0.0
 
@@ -53,6 +55,27 @@ def evaluation_loss(model, conc: torch.Tensor, time_step: int, delta_t: float,
     with torch.no_grad():
         pred = rollout(model, conc[starts], time_step, delta_t, backend=backend)
         return float(((pred - conc[starts[:, None] + offsets]) ** 2).mean())
+
+
+def objective_terms(cfg: TrainingConfig) -> list[str]:
+    """The terms of the Phase 2 objective under this config."""
+    st = cfg.strategies
+    return (["rollout"] + (["residual_supervision"] if st.residual_supervision.enabled else [])
+            + (["contrastive"] if st.contrastive.enabled else []))
+
+
+def strategy_events(cfg: TrainingConfig) -> dict[str, list[int]]:
+    """Updates at which a strategy switches on or acts, for the loss plot."""
+    st, n = cfg.strategies, cfg.data_augmentation_loop
+    events: dict[str, list[int]] = {}
+    if st.contrastive.enabled:
+        events["contrastive attraction starts"] = [math.ceil(st.contrastive.start_fraction * n)]
+        if st.contrastive.reassign_at:
+            events["embeddings reassigned"] = sorted({round(f * n) for f in
+                                                      st.contrastive.reassign_at})
+    if st.curriculum.enabled:
+        events["curriculum switch"] = [math.ceil(st.curriculum.switch_at * n)]
+    return events
 
 
 def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig, *,
@@ -107,6 +130,7 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
         node_scale = strat.amplification_factor(st, frac)
 
         total, rollout_total = 0.0, 0.0
+        terms = dict.fromkeys(objective_terms(cfg), 0.0)
         for _ in range(accum):
             length = strat.rollout_length(st, T, frac, rng)
             # indices come from the CPU generator: the same batches on every device
@@ -117,12 +141,17 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
             w = strat.time_weights(st, length).to(pred)
             loss_rollout = (((pred - target) ** 2).mean((0, 2)) * w).mean()
             loss = cfg.rollout_loss_weight * loss_rollout
+            terms["rollout"] += loss.item() / accum
             if st.residual_supervision.enabled:
                 idx = torch.randint(0, res_x.shape[0], (cfg.batch_size * T,)).to(device)
-                loss = loss + st.residual_supervision.weight * strat.residual_loss(
+                term = st.residual_supervision.weight * strat.residual_loss(
                     model, res_x[idx], res_y[idx], st, res_scale)
+                terms["residual_supervision"] += term.item() / accum
+                loss = loss + term
             if st.contrastive.enabled and frac >= st.contrastive.start_fraction:
-                loss = loss + st.contrastive.weight * strat.contrastive_loss(model, grid, st)
+                term = st.contrastive.weight * strat.contrastive_loss(model, grid, st)
+                terms["contrastive"] += term.item() / accum
+                loss = loss + term
             (loss / accum).backward()
             total += loss.item() / accum
             rollout_total += loss_rollout.item() / accum
@@ -135,6 +164,8 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
         opt.zero_grad(set_to_none=True)
         result.losses.append(total)
         result.rollout_losses.append(rollout_total)
+        for name, value in terms.items():
+            result.components.setdefault(name, []).append(value)
         if on_update is not None:
             on_update(step, total)
         if step % 20 == 0:

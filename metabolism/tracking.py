@@ -192,10 +192,17 @@ def _signals_end_runs() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# MLflow 3's UI opens an experiment of unknown kind in its GenAI view; ours are training runs.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def _describe(client: MlflowClient, exp) -> None:
-    text = EXPERIMENT_DESCRIPTIONS.get(exp.name)
-    if text and exp.tags.get("mlflow.note.content") != text:
-        client.set_experiment_tag(exp.experiment_id, "mlflow.note.content", text)
+    wanted = dict([EXPERIMENT_KIND])
+    if exp.name in EXPERIMENT_DESCRIPTIONS:
+        wanted["mlflow.note.content"] = EXPERIMENT_DESCRIPTIONS[exp.name]
+    for key, value in wanted.items():
+        if exp.tags.get(key) != value:
+            client.set_experiment_tag(exp.experiment_id, key, value)
 
 
 def local_artifact_root(uri: str) -> Path | None:

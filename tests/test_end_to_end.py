@@ -98,7 +98,7 @@ def test_plots_exist(e2e):
     tmp = run_dir / "tmp_training"
     final = N_UPDATES
     for rel in (f"function/rate_func/MLP_node_p2_{final}.png",
-                f"rate_constants/comparison_p2_{final}.png",
+                "rate_constants/comparison.png",
                 f"embedding/embedding_p2_{final}.png", "loss.png"):
         p = tmp / rel
         assert p.is_file() and p.stat().st_size > 1000, rel
@@ -107,6 +107,8 @@ def test_plots_exist(e2e):
     steps = sorted(int(m.group(1)) for p in (tmp / "function" / "rate_func").glob("*.png")
                    if (m := re.search(r"_p2_(\d+)\.png$", p.name)))
     assert len(steps) >= 2 and steps[-1] == final
+    # the rate constants are frozen: one plot per run, not one identical copy per evaluation
+    assert [p.name for p in (tmp / "rate_constants").iterdir()] == ["comparison.png"]
     assert (run_dir / "config.yaml").is_file() and (run_dir / "phase2_checkpoint.pt").is_file()
 
 
@@ -163,6 +165,7 @@ def test_mlflow_run_says_how_it_did_and_what_it_learned_from(e2e):
         f"phase1/{ckpt.name}"}
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.name == "e2e" and "mlflow.note.content" not in exp.tags  # no text for "e2e"
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # training view
 
 
 def test_run_names_tell_apart_where_a_run_came_from():
@@ -209,7 +212,7 @@ def test_mlflow_artifacts(e2e):
     assert f"tmp_training/function/rate_func/MLP_node_p2_{N_UPDATES}.png" in rate
     comp = {a.path for a in client.list_artifacts(res.mlflow_run_id,
                                                   "tmp_training/rate_constants")}
-    assert f"tmp_training/rate_constants/comparison_p2_{N_UPDATES}.png" in comp
+    assert comp == {"tmp_training/rate_constants/comparison.png"}
 
 
 def test_rate_constants_r2_identical_to_phase1(e2e):
