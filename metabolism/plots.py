@@ -99,7 +99,8 @@ def plot_embeddings(embeddings: np.ndarray, types: np.ndarray, clusters: np.ndar
                     matched: np.ndarray, acc: float, eps: float, path: Path,
                     context: str = "") -> Path:
     """a_i at equal axis scales (DBSCAN's eps is a distance): colour = true type, marker =
-    cluster found, red ring = metabolite whose cluster is matched to another type."""
+    cluster found, red ring (with its index and true type) = metabolite whose cluster is
+    matched to another type."""
     fig, ax = plt.subplots(figsize=(5.6, 5.6))
     emb = embeddings if embeddings.shape[1] >= 2 else np.c_[embeddings, np.zeros(len(embeddings))]
     markers = "os^DvP*X<>"
@@ -114,6 +115,9 @@ def plot_embeddings(embeddings: np.ndarray, types: np.ndarray, clusters: np.ndar
     wrong = matched != types
     ax.scatter(emb[wrong, 0], emb[wrong, 1], s=140, facecolors="none", edgecolors="red",
                linewidths=1.6, zorder=3, label=f"misassigned ({int(wrong.sum())})")
+    for j, i in enumerate(np.flatnonzero(wrong)[:12]):  # name them: they hide in a group
+        ax.annotate(f"#{i}: type {types[i]}", emb[i], textcoords="offset points",
+                    xytext=(10, 10 + 9 * j), fontsize=6, color="red")
     for k in np.unique(types):
         ax.scatter([], [], s=22, marker="o", color=COLORS[int(k) % len(COLORS)],
                    label=f"true type {k}")
