@@ -161,6 +161,8 @@ def plot(runs: list[SlotRun], path: Path, title: str = "") -> Path:
         ax.set_xlim(-0.5, len(slots) - 0.5)
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7, loc="lower left")
+    accs = [r.metrics.get("embedding_cluster_acc", math.nan) for r in runs]
+    ax_a.set_ylim(min([0.9] + [a - 0.02 for a in accs if math.isfinite(a)]), 1.005)
     ax_r.set_title("slope ratios per run (1.0 = ground truth)")
     ax_a.set_title("embedding cluster accuracy per run")
     fig.suptitle(title or f"{len(runs)} runs, {len(slots)} slots")
