@@ -3,6 +3,7 @@
     python experiments/study.py --study main --seeds 0 1 2
     python experiments/study.py --study three_types --regime regimes/three_types.yaml
     python experiments/study.py --study ablation --variants default seed_baseline
+    python experiments/study.py --study main --backend ray --address auto   # on a Ray cluster
 
 Writes studies/<study>/study.md and study.csv (one row per run, failures included, plus mean
 and spread per slot x variant), rewritten as each run ends, and logs them to an MLflow parent
@@ -22,6 +23,8 @@ from metabolism.config import (CONFIG_DIR, ConfigError, check_name, flatten, loa
                                parse_override)
 from metabolism.study import (VARIANTS, base_config_summary, missing_cells, plan, resume_rows,
                               run_cells, save_settings, write_report)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def regime_overrides(path: str | None) -> dict:
@@ -51,6 +54,20 @@ def dead_cells(experiment_id: str) -> set[str]:
             for r in tracking.reap_orphaned_runs(experiment_id, client)}
 
 
+def make_ray_backend(address: str | None, cfg):
+    """A Ray backend whose tasks log to this study's MLflow store and import this checkout;
+    one GPU per task when the cluster has GPUs, unless the runs are pinned to the CPU."""
+    from metabolism import tracking
+    from metabolism.explore.backends import BackendError, RayBackend
+
+    env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(), "PYTHONPATH": str(REPO_ROOT)}
+    try:
+        return RayBackend(address, runtime_env={"env_vars": env},
+                          gpus_per_run=0.0 if cfg.compute.device == "cpu" else None)
+    except BackendError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--study", required=True, help="name: studies/<name>/ and the MLflow run")
@@ -64,7 +81,11 @@ def main() -> None:
     ap.add_argument("--override", "-o", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key of every run (repeatable)")
     ap.add_argument("--workers", type=int, default=1,
-                    help="runs in parallel (processes)")
+                    help="local backend: runs in parallel (processes)")
+    ap.add_argument("--backend", choices=["local", "ray"], default="local",
+                    help="local: this machine (--workers processes); ray: one Ray task per run")
+    ap.add_argument("--address", help="Ray cluster ('auto', 'ray://host:10001', or 'local' "
+                    "for a private local cluster)")
     ap.add_argument("--config-dir", type=Path, default=CONFIG_DIR,
                     help="folder with slot0.yaml..slot3.yaml")
     ap.add_argument("--studies-root", type=Path, default=Path("studies"),
@@ -97,9 +118,11 @@ def main() -> None:
     kept = resume_rows(out_dir, settings)  # rows of cells an earlier run finished
     todo = missing_cells(cells, kept)
     first = cfgs[args.slots[0]]
+    ray_backend = make_ray_backend(args.address, first) if args.backend == "ray" else None
+    roots = {k: getattr(args, k).resolve() for k in ("data_root", "runs_root")}  # for workers
     # built (or verified) once, before the workers start
-    ckpt, p1 = ensure_phase1(first, args.data_root, rebuild=not args.no_rebuild,
-                               progress=not args.no_progress)
+    ckpt, p1 = ensure_phase1(first, roots["data_root"], rebuild=not args.no_rebuild,
+                             progress=not args.no_progress)
     experiment = first.tracking.experiment
     save_settings(out_dir, settings)
     rows = list(kept)
@@ -130,11 +153,14 @@ def main() -> None:
         print(f"study '{args.study}': {len(cells)} runs ({len(kept)} done before, "
               f"{len(todo)} to run), MLflow parent run {parent.info.run_id}", flush=True)
         try:
-            run_cells(todo, config_dir=args.config_dir, data_root=args.data_root,
-                      runs_root=args.runs_root, parent_run_id=parent.info.run_id,
-                      study=args.study, workers=args.workers, on_row=on_row,
-                      on_worker_death=lambda: dead_cells(parent.info.experiment_id))
+            run_cells(todo, config_dir=args.config_dir.resolve(), **roots,
+                      parent_run_id=parent.info.run_id, study=args.study,
+                      workers=args.workers, on_row=on_row,
+                      on_worker_death=lambda: dead_cells(parent.info.experiment_id),
+                      ray_backend=ray_backend)
         finally:  # interrupted or not, the table holds every run that ended
+            if ray_backend is not None:
+                ray_backend.close()
             md, csv_path = write_table()
             mlflow.log_artifact(str(md))
             mlflow.log_artifact(str(csv_path))

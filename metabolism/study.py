@@ -105,10 +105,12 @@ WORKER_DIED = "worker process died (killed, out of memory or crashed)"
 def run_cells(cells: list[Cell], *, config_dir: Path, data_root: Path, runs_root: Path,
               parent_run_id: str | None, study: str, workers: int,
               on_row: Callable[[dict[str, Any]], None] = lambda row: None,
-              on_worker_death: Callable[[], set[str]] = set) -> list[dict[str, Any]]:
+              on_worker_death: Callable[[], set[str]] = set,
+              ray_backend=None) -> list[dict[str, Any]]:
     """Run every cell; on_row(row) as each finishes (so the table grows while the study
     runs). A worker that dies fails its cell, not the study: the pool is recreated.
-    on_worker_death() returns the labels (cell_label) of the cells known to have died."""
+    on_worker_death() returns the labels (cell_label) of the cells known to have died.
+    ray_backend (a metabolism.explore.backends.RayBackend): one Ray task per cell instead."""
     args = [(c, config_dir, data_root, runs_root, parent_run_id, study) for c in cells]
     rows: list[dict[str, Any]] = []
 
@@ -116,6 +118,12 @@ def run_cells(cells: list[Cell], *, config_dir: Path, data_root: Path, runs_root
         rows.append(row)
         on_row(row)
 
+    if ray_backend is not None:
+        for i, row in ray_backend.map(_run_cell, args):
+            if isinstance(row, Exception):  # the task died: the cell is a FAILED row
+                row = _failed_row(cells[i], f"ray task failed: {type(row).__name__}")
+            done(row)
+        return rows
     if workers <= 1:
         for a in args:
             done(_run_cell(*a))

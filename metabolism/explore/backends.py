@@ -139,21 +139,30 @@ class RayBackend:
         if gpus_per_run is None:
             gpus_per_run = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
         self.gpus_per_run = gpus_per_run
-        self._remote = ray.remote(num_cpus=1, num_gpus=gpus_per_run, max_retries=0)(execute_job)
 
-    def run(self, jobs: list[Job]) -> Iterator[tuple[int, dict[str, Any]]]:
+    def map(self, fn, calls: list[tuple]) -> Iterator[tuple[int, Any]]:
+        """fn(*args) for every args in calls, one Ray task each (one CPU, gpus_per_run GPUs);
+        yields (index into calls, result) in completion order. A task that dies yields the
+        exception instead of a result. fn must be importable by name on the workers."""
         ray = self.ray
-        refs = {self._remote.remote(j.runner, j.config, j.parent_run_id, j.tags): j
-                for j in jobs}
+        remote = ray.remote(num_cpus=1, num_gpus=self.gpus_per_run, max_retries=0)(fn)
+        refs = {remote.remote(*args): i for i, args in enumerate(calls)}
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
                 try:
-                    outcome = ray.get(ref)
+                    result = ray.get(ref)
                 except Exception as exc:  # worker died, node lost
-                    outcome = _failed(f"ray task failed: {type(exc).__name__}")
-                yield refs[ref].node_id, outcome
+                    result = exc
+                yield refs[ref], result
+
+    def run(self, jobs: list[Job]) -> Iterator[tuple[int, dict[str, Any]]]:
+        calls = [(j.runner, j.config, j.parent_run_id, j.tags) for j in jobs]
+        for i, outcome in self.map(execute_job, calls):
+            if isinstance(outcome, Exception):
+                outcome = _failed(f"ray task failed: {type(outcome).__name__}")
+            yield jobs[i].node_id, outcome
 
     def close(self) -> None:
         self.ray.shutdown()
