@@ -47,9 +47,16 @@ def apply_threads(threads: int) -> int:
 
 
 def setup(cfg: ComputeConfig) -> torch.device:
-    """Apply the threads setting and return the device a run computes on."""
+    """Apply the threads setting and return the device a run computes on; a rollout backend
+    that cannot run there fails here, before any training."""
     apply_threads(cfg.threads)
-    return resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
+    if cfg.rollout_backend == "triton" and device.type != "cuda" and \
+            os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        raise ConfigError(f"compute.rollout_backend: triton needs compute.device cuda (or "
+                          f"TRITON_INTERPRET=1 to interpret the kernel on the CPU); device is "
+                          f"{device}")
+    return device
 
 
 def training_dtype(cfg: ComputeConfig) -> torch.dtype:

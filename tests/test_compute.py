@@ -45,6 +45,15 @@ def test_cuda_without_a_gpu_is_a_config_error():
         compute.resolve_device("cuda:1")
 
 
+def test_triton_backend_on_the_cpu_without_the_interpreter_is_a_config_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cfg = tiny_config(**{"compute.device": "cpu", "compute.rollout_backend": "triton"})
+    with pytest.raises(ConfigError, match="^compute.rollout_backend: triton needs"):
+        compute.setup(cfg.compute)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert compute.setup(cfg.compute) == torch.device("cpu")
+
+
 def test_setup_sets_the_thread_count_and_zero_keeps_torch_default():
     before = torch.get_num_threads()
     try:
