@@ -74,15 +74,23 @@ def resolve_backend(c0: torch.Tensor, backend: str | None = None) -> str:
 
 def euler_rollout(c0: torch.Tensor, embeddings: torch.Tensor, node_layers: Layers,
                   frozen: FrozenReactions, dt: float, n_steps: int, node_scale: float = 1.0,
-                  reaction_grad: bool = True, backend: str | None = None) -> torch.Tensor:
-    """Roll the learned model n_steps from c0 (B, N); returns states 1..n_steps as (B, T, N).
+                  reaction_grad: bool = True, backend: str | None = None,
+                  substeps: int = 1) -> torch.Tensor:
+    """Roll the learned model n_steps from c0 (B, N); returns states 1..n_steps as (B, T, N),
+    each `substeps` Euler steps of dt after the previous one.
 
     Semantics are those of kernels.reference.euler_rollout_reference; backend None reads
     $METABOLISM_ROLLOUT_BACKEND ('auto' | 'torch' | 'triton', default 'auto').
     """
+    if substeps < 1:
+        raise ValueError(f"substeps must be >= 1, got {substeps}")
     if resolve_backend(c0, backend) == "torch":
         return euler_rollout_reference(c0, embeddings, node_layers, frozen, dt, n_steps,
-                                       node_scale=node_scale, reaction_grad=reaction_grad)
+                                       node_scale=node_scale, reaction_grad=reaction_grad,
+                                       substeps=substeps)
     from kernels.autograd import fused_euler_rollout
-    return fused_euler_rollout(c0, embeddings, node_layers, frozen, dt, n_steps,
+    # the fused kernel runs every Euler step and keeps them all; the observed states are every
+    # substeps-th of them, and autograd routes their gradient back through the kernel's BPTT
+    traj = fused_euler_rollout(c0, embeddings, node_layers, frozen, dt, n_steps * substeps,
                                node_scale=node_scale, reaction_grad=reaction_grad)
+    return traj if substeps == 1 else traj[:, substeps - 1::substeps]

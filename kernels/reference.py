@@ -17,18 +17,24 @@ from kernels.functional import FrozenReactions, Layers, node_dcdt, reaction_dcdt
 
 def euler_rollout_reference(c0: torch.Tensor, embeddings: torch.Tensor, node_layers: Layers,
                             frozen: FrozenReactions, dt: float, n_steps: int,
-                            node_scale: float = 1.0, reaction_grad: bool = True) -> torch.Tensor:
+                            node_scale: float = 1.0, reaction_grad: bool = True,
+                            substeps: int = 1) -> torch.Tensor:
     """Roll the learned model n_steps from c0 (B, N); returns states 1..n_steps, (B, T, N).
 
-    reaction_grad=False stops the gradient through the reaction term (gradient isolation):
-    the state still evolves with it, but d(reaction)/dc is treated as zero.
+    Each returned state is `substeps` Euler steps of dt after the previous one (observations
+    sampled every k-th Euler frame are k steps apart). reaction_grad=False stops the gradient
+    through the reaction term (gradient isolation): the state still evolves with it, but
+    d(reaction)/dc is treated as zero.
     """
     frozen = frozen.detached()
     c = c0
     states = []
-    for _ in range(n_steps):
+    for step in range(1, n_steps * substeps + 1):
         r = reaction_dcdt(c if reaction_grad else c.detach(), frozen)
         dc = r + node_scale * node_dcdt(c, embeddings, node_layers)
         c = torch.clamp(c + dt * dc, min=0.0)
-        states.append(c)
+        if step % substeps == 0:
+            states.append(c)
+    if not states:
+        return c0.new_zeros(c0.shape[0], 0, c0.shape[1])
     return torch.stack(states, 1)

@@ -184,3 +184,24 @@ def test_kernels_package_stands_alone():
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_substeps_return_every_kth_euler_state_with_its_gradient():
+    """A rollout with substeps=k is the k-step-apart subsequence of the plain Euler rollout,
+    values and gradients (observations every k-th Euler frame)."""
+    seed = _seed()
+    p = _problem(seed)
+    params = tuple(p.params())
+    fine = euler_rollout_reference(p.c0, p.embeddings, p.node_layers, p.frozen, 0.1, 12,
+                                   node_scale=0.8)
+    coarse = euler_rollout_reference(p.c0, p.embeddings, p.node_layers, p.frozen, 0.1, 4,
+                                     node_scale=0.8, substeps=3)
+    assert coarse.shape == (2, 4, 6)
+    torch.testing.assert_close(coarse, fine[:, 2::3], rtol=0, atol=0)
+    assert (coarse[:, 0] - fine[:, 0]).abs().max() > 1e-6, f"seed={seed}"  # not the 1st step
+    g = torch.randn_like(coarse)
+    want = torch.autograd.grad(fine[:, 2::3], params, g)
+    for a, b in zip(torch.autograd.grad(coarse, params, g), want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=f"seed={seed}")
+    with pytest.raises(ValueError, match="substeps"):
+        euler_rollout(p.c0, p.embeddings, p.node_layers, p.frozen, 0.1, 2, substeps=0)

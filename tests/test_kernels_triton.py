@@ -54,6 +54,11 @@ else:
                                 hidden_node=64, hidden_sub=64, layers_node=3, layers_sub=3,
                                 cycle_length=100, clamp_pressure=0.5),
          dict(n_steps=3, node_scale=2.0)),
+        # sparse observations: each returned state is 4 Euler steps after the previous one
+        ("N33-R70-substeps4-clamp", dict(n_metabolites=33, n_reactions=70, batch=2,
+                                         embedding_dim=2, hidden_node=24, hidden_sub=5,
+                                         layers_node=3, layers_sub=2, clamp_pressure=0.5),
+         dict(n_steps=3, substeps=4, node_scale=0.5)),
     ]
     # fp64 kernel: tight tolerance on every case; fp32 kernel vs fp64 reference: loose, on a
     # subset (the interpreter is slow)
