@@ -52,8 +52,13 @@ class SimulationConfig:
     lambda_per_type: list[float] = field(default_factory=lambda: [0.001, 0.002])
     baseline_per_type: list[float] = field(default_factory=lambda: [4.0, 6.0])
     delta_t: float = 0.1
-    n_frames: int = 2880
+    n_frames: int = 2880  # Euler frames simulated (observed: every observe_every-th of them)
     seed: int = 42
+    # relative Gaussian measurement noise on each observed concentration (0.01 = 1%), drawn
+    # after the simulation; the noiseless trajectory is kept for evaluation only
+    observation_noise: float = 0.0
+    # keep every k-th Euler frame: the model still integrates with delta_t, k steps per frame
+    observe_every: int = 1
 
 
 @dataclass
@@ -83,6 +88,12 @@ class Phase1Config:
     n_restarts: int = 4
     restart_trial_steps: int = 40
     seed: int = 0
+    # dc/dt targets: "difference" (one-frame difference, exact on noiseless Euler data),
+    # "savgol" (Savitzky-Golay derivative of the smoothed trajectory), or "auto" (savgol when
+    # the noise estimated from the data exceeds metabolism.observations.NOISE_THRESHOLD)
+    derivative: str = "auto"
+    savgol_window: int = 0  # frames, odd; 0 = chosen from the estimated noise level
+    savgol_polyorder: int = 3
 
 
 @dataclass
@@ -97,6 +108,14 @@ class ResidualSupervision:
     weight: float = 1.0
     loss: str = "mse"
     huber_scale: float = 1.0
+    # residual targets: "difference" (one observed frame), "window" (integrated over `window`
+    # frames: c(t+W) - c(t) - the frozen reaction term summed along the observed trajectory,
+    # per unit time), "savgol" (smoothed derivative, a baseline) or "auto" (window when the
+    # noise estimated from the data exceeds metabolism.observations.NOISE_THRESHOLD)
+    targets: str = "auto"
+    window: int = 0  # frames; 0 = the slot's homeostasis_time_step
+    savgol_window: int = 0  # frames, odd; 0 = chosen from the estimated noise level
+    savgol_polyorder: int = 3
 
 
 @dataclass
@@ -278,13 +297,29 @@ class Config:
         return flatten(self.to_dict())
 
     def hash_of(self, *sections: str) -> str:
-        """Stable short hash of some sections; keys the dataset / checkpoint caches."""
-        payload = {s: self.to_dict()[s] for s in sections}
+        """Stable short hash of some sections; keys the dataset / checkpoint caches.
+
+        Keys in HASH_NEUTRAL_DEFAULTS are left out while they hold their default, so adding a
+        key that does not change the default regime keeps every existing cache valid.
+        """
+        d = self.to_dict()
+        payload = {s: {k: v for k, v in d[s].items()
+                       if HASH_NEUTRAL_DEFAULTS.get(s, {}).get(k, _ABSENT) != v}
+                   for s in sections}
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+_ABSENT = object()
+
+# Keys added after caches existed, with the value that reproduces the earlier behaviour.
+HASH_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "simulation": {"observation_noise": 0.0, "observe_every": 1},
+    "phase1": {"derivative": "auto", "savgol_window": 0, "savgol_polyorder": 3},
+}
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -489,10 +524,11 @@ def _check_ranges(cfg: Config) -> None:
     _check_finite(cfg)
     _check_simulation(cfg.simulation)
     _check_model_and_phase1(cfg)
-    sim, tr = cfg.simulation, cfg.training
+    n_observed = _check_observations(cfg)
+    tr = cfg.training
     _need(tr.homeostasis_time_step >= 1, "training.homeostasis_time_step", "must be >= 1")
-    _need(tr.homeostasis_time_step < sim.n_frames, "training.homeostasis_time_step",
-          "must be shorter than simulation.n_frames")
+    _need(tr.homeostasis_time_step < n_observed, "training.homeostasis_time_step",
+          f"must be shorter than the {n_observed} observed frames")
     _check_at_least(tr, "training", {"batch_size": 1, "data_augmentation_loop": 1, "seed": 0,
                                      "rollout_loss_weight": 0, "plot_every": 0})
     _check_positive(tr, "training", ("learning_rate_node_homeostasis",
@@ -522,6 +558,39 @@ def _check_names(cfg: Config) -> None:
     if cfg.tracking.run_name:
         check_name(cfg.tracking.run_name, "tracking.run_name")
     check_name(cfg.regime, "regime")
+
+
+def _check_observations(cfg: Config) -> int:
+    """Noise, sampling and the targets made from them; returns the number of observed frames."""
+    need, sim = _need, cfg.simulation
+    need(0 <= sim.observation_noise < 1, "simulation.observation_noise",
+         "must be a relative noise level in [0, 1)")
+    need(sim.observe_every >= 1, "simulation.observe_every", "must be >= 1")
+    n_observed = (sim.n_frames - 1) // sim.observe_every + 1
+    need(n_observed >= 2, "simulation.observe_every",
+         f"leaves {n_observed} observed frame(s) of n_frames {sim.n_frames}; need >= 2")
+    _check_savgol(need, "phase1", cfg.phase1.savgol_window, cfg.phase1.savgol_polyorder)
+    need(cfg.phase1.derivative in DERIVATIVE_MODES, "phase1.derivative",
+         f"must be one of {', '.join(DERIVATIVE_MODES)}")
+    rs = cfg.training.strategies.residual_supervision
+    pre = "training.strategies.residual_supervision"
+    need(rs.targets in RESIDUAL_TARGETS, f"{pre}.targets",
+         f"must be one of {', '.join(RESIDUAL_TARGETS)}")
+    need(0 <= rs.window < n_observed, f"{pre}.window",
+         f"must be in [0, {n_observed}) (0 = the slot's homeostasis_time_step)")
+    _check_savgol(need, pre, rs.savgol_window, rs.savgol_polyorder)
+    return n_observed
+
+
+DERIVATIVE_MODES = ("auto", "difference", "savgol")
+RESIDUAL_TARGETS = ("auto", "difference", "window", "savgol")
+
+
+def _check_savgol(need, section: str, window: int, polyorder: int) -> None:
+    need(window == 0 or (window >= 3 and window % 2 == 1), f"{section}.savgol_window",
+         "must be 0 (chosen from the noise) or odd and >= 3")
+    need(0 <= polyorder < (window or 5), f"{section}.savgol_polyorder",
+         "must be >= 0 and smaller than savgol_window (and < 5 with savgol_window 0)")
 
 
 def _check_phase2_rules(cfg: Config) -> None:

@@ -1,8 +1,10 @@
 """Datasets on disk: what training may see, kept apart from what only evaluation may see.
 
 A regime's dataset lives in ``<data_root>/<simulation-hash>/``:
-  training.npz      concentrations + stoichiometry  -> TrainingData (no labels, no rates)
-  ground_truth.npz  types, lambda, baselines, true log10 k -> GroundTruth (evaluation only)
+  training.npz      observed concentrations (every observe_every-th Euler frame, with the
+                    measurement noise) + stoichiometry  -> TrainingData (no labels, no rates)
+  ground_truth.npz  types, lambda, baselines, true log10 k -> GroundTruth, and (when noisy
+                    or sparse) the noiseless observed frames (evaluation only)
 The hash covers every simulation key, so a changed config never reuses a stale cache; each
 file's integrity record (metabolism/integrity.py) catches a corrupt or truncated one.
 """
@@ -28,13 +30,19 @@ from metabolism.simulate import initial_concentrations, simulate
 class TrainingData:
     """Everything the trainers receive. By construction it holds no metabolite types."""
 
-    concentrations: np.ndarray  # (F, N) float64 trajectory
-    delta_t: float
+    concentrations: np.ndarray  # (F, N) float64 observed trajectory
+    delta_t: float  # the Euler step the model integrates with
     stoich: Stoichiometry
+    observe_every: int = 1  # Euler steps between two observed frames
 
     @property
     def n_frames(self) -> int:
         return self.concentrations.shape[0]
+
+    @property
+    def frame_interval(self) -> float:
+        """Time between two observed frames."""
+        return self.delta_t * self.observe_every
 
 
 TRAINING_ARRAYS = ("concentrations", "delta_t", "S", "substrate_index", "substrate_coeff")
@@ -55,26 +63,51 @@ def simulated_arrays(cfg: Config) -> dict[str, dict[str, np.ndarray]]:
     stoich, truth = generate_network(sim)
     c0 = initial_concentrations(sim.n_metabolites, *sim.initial_concentration_range, sim.seed)
     traj = simulate(c0, stoich, truth, sim.delta_t, sim.n_frames)
-    return {
+    clean, measured = observe(traj, sim.observe_every, sim.observation_noise, sim.seed)
+    files = {
         "ground_truth.npz": dict(log10_k=truth.log10_k, types=truth.types,
                                  lambda_per_type=truth.lambda_per_type,
                                  baseline_per_type=truth.baseline_per_type),
-        "training.npz": dict(concentrations=traj, delta_t=np.array(sim.delta_t), S=stoich.S,
-                             substrate_index=stoich.substrate_index,
+        "training.npz": dict(concentrations=measured, delta_t=np.array(sim.delta_t),
+                             S=stoich.S, substrate_index=stoich.substrate_index,
                              substrate_coeff=stoich.substrate_coeff),
     }
+    if _observed_differently(cfg):  # the default regime's files stay exactly as they were
+        files["ground_truth.npz"]["clean_concentrations"] = clean
+        files["training.npz"]["observe_every"] = np.array(sim.observe_every)
+    return files
+
+
+def _observed_differently(cfg: Config) -> bool:
+    return cfg.simulation.observation_noise != 0 or cfg.simulation.observe_every != 1
+
+
+def observe(traj: np.ndarray, observe_every: int, noise: float, seed: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(noiseless observed frames, measured frames): every k-th Euler frame, then relative
+    Gaussian noise c * (1 + noise * eps), eps ~ N(0, 1) from its own stream of `seed`."""
+    clean = traj[::observe_every]
+    if noise == 0:
+        return clean, clean
+    eps = np.random.default_rng([seed, 2]).standard_normal(clean.shape)
+    return clean, clean * (1.0 + noise * eps)
 
 
 def expected_shapes(cfg: Config) -> dict[str, dict[str, tuple | None]]:
     """What each dataset file must hold for this config (None: a size the network decides)."""
     sim = cfg.simulation
     N, R, T = sim.n_metabolites, sim.n_reactions, sim.n_metabolite_types
-    return {
-        "training.npz": {"concentrations": (sim.n_frames, N), "delta_t": (), "S": (N, R),
+    F = (sim.n_frames - 1) // sim.observe_every + 1
+    shapes = {
+        "training.npz": {"concentrations": (F, N), "delta_t": (), "S": (N, R),
                          "substrate_index": (R, None), "substrate_coeff": (R, None)},
         "ground_truth.npz": {"log10_k": (R,), "types": (N,), "lambda_per_type": (T,),
                              "baseline_per_type": (T,)},
     }
+    if _observed_differently(cfg):
+        shapes["training.npz"]["observe_every"] = ()
+        shapes["ground_truth.npz"]["clean_concentrations"] = (F, N)
+    return shapes
 
 
 def build_dataset(cfg: Config, data_root: Path) -> Path:
@@ -151,7 +184,7 @@ def load_training_data(folder: Path) -> TrainingData:
     stoich = Stoichiometry(S=d["S"], substrate_index=d["substrate_index"],
                            substrate_coeff=d["substrate_coeff"])
     return TrainingData(concentrations=d["concentrations"], delta_t=float(d["delta_t"]),
-                        stoich=stoich)
+                        stoich=stoich, observe_every=int(d.get("observe_every", 1)))
 
 
 def load_ground_truth(folder: Path) -> GroundTruth:
@@ -165,3 +198,12 @@ def load_ground_truth(folder: Path) -> GroundTruth:
 def report(line: str) -> None:
     """A cache problem and what was done about it: one line on stderr, never silent."""
     print(f"cache: {line}", file=sys.stderr, flush=True)
+
+
+def load_clean_concentrations(folder: Path) -> np.ndarray:
+    """The noiseless observed frames (evaluation only); a dataset observed without noise at
+    every frame is its own clean trajectory."""
+    d = _load_npz(Path(folder) / "ground_truth.npz", {})
+    if "clean_concentrations" in d:
+        return d["clean_concentrations"]
+    return _load_npz(Path(folder) / "training.npz", {"concentrations": None})["concentrations"]

@@ -18,14 +18,16 @@ import torch
 
 from metabolism import compute, plots, tracking
 from metabolism.config import Config
-from metabolism.data import (TrainingData, dataset_dir, ensure_dataset, load_ground_truth,
-                             load_training_data, report)
+from metabolism.data import (TrainingData, dataset_dir, ensure_dataset,
+                             load_clean_concentrations, load_ground_truth, load_training_data,
+                             report)
 from metabolism.files import replace_atomically, write_text_atomically
 from metabolism.integrity import (CacheError, NoRecord, cache_lock, check_shapes,
                                   describe_arrays, read_record, verify, write_record)
 from metabolism.metrics import (corrected_log10_k, dbscan_labels, evaluate, matched_types,
                                 node_fn_of, rate_constants_r2)
 from metabolism.model import MetabolismModel
+from metabolism.observations import estimate_relative_noise
 from metabolism.network import GroundTruth
 from metabolism.phase1 import train_phase1
 from metabolism.phase2 import strategy_events, train_phase2
@@ -165,7 +167,7 @@ def ensure_phase1(cfg: Config, data_root: Path, progress: bool = True,
         r2 = phase1_r2(model, data, truth)
         info = {"rate_constants_R2": r2, "seconds": res.seconds, "final_loss": res.losses[-1],
                 "n_steps": cfg.phase1.n_steps, "device": str(device),
-                "device_name": compute.device_name(device)}
+                "device_name": compute.device_name(device), "derivative_targets": res.targets}
         _write_phase1(path, info_path, model, info, dataset_sha256)
     _say(f"phase 1: rate_constants_R2 = {r2:.4f} in {res.seconds:.0f} s", quiet)
     return path, info
@@ -202,11 +204,15 @@ def load_phase1_model(path: Path, data: TrainingData, cfg: Config,
 class _Evaluator:
     """Periodic evaluation during training: metrics to MLflow, plots to tmp_training/.
 
-    Holds the ground truth; the trainer only calls it and never sees what it computes.
+    Holds the ground truth (and the noiseless observed frames, which set the sweep range, so
+    runs at different noise levels are measured on the same range); the trainer only calls it
+    and never sees what it computes.
     """
 
-    def __init__(self, run_dir: Path, data: TrainingData, truth: GroundTruth, cfg: Config):
+    def __init__(self, run_dir: Path, data: TrainingData, truth: GroundTruth, cfg: Config,
+                 clean_concentrations: np.ndarray):
         self.run_dir, self.data, self.truth, self.cfg = run_dir, data, truth, cfg
+        self.clean = clean_concentrations
         self.plots: dict[str, Path] = {}
         self.metrics: dict[str, float] = {}
         self.sweep = None
@@ -221,7 +227,7 @@ class _Evaluator:
     def __call__(self, step: int, model) -> None:
         model = model.cpu_copy()
         ev = self.cfg.evaluation
-        metrics, sweep = evaluate(model, self.data.concentrations, self.data.stoich, self.truth, ev)
+        metrics, sweep = evaluate(model, self.clean, self.data.stoich, self.truth, ev)
         self.metrics, self.sweep = metrics, sweep
         tracking.log_metrics_finite(split_ground_truth(metrics)[0], step=step)
         tmp = self.run_dir / "tmp_training"
@@ -356,7 +362,9 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
         mlflow.set_tags({"phase1_checkpoint": file_hash(ckpt),
                          "phase1_rate_constants_R2": f"{phase1_r2(model, data, truth):.4f}"})
         model = model.to(device=device, dtype=compute.training_dtype(cfg.compute))
-        evaluator = _Evaluator(run_dir, data, truth, cfg)
+        evaluator = _Evaluator(run_dir, data, truth, cfg, load_clean_concentrations(folder))
+        noise_estimate = estimate_relative_noise(data.concentrations)
+        mlflow.set_tag("observation_noise_estimated", f"{noise_estimate:.3g}")
         eval_every = tr.plot_every or max(1, tr.data_augmentation_loop // 4)
         result = None
         # the loss curve goes to MLflow while training, so a killed run keeps it
@@ -387,6 +395,11 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
         header = {"run": run_name, "slot": str(cfg.slot),
                   "time_step": str(tr.homeostasis_time_step), "strategy": tr.strategies.label(),
                   "strategy_params": tr.strategies.describe(),
+                  "observations": f"observation_noise {cfg.simulation.observation_noise}, "
+                                  f"observe_every {cfg.simulation.observe_every}; noise "
+                                  f"estimated from the data {noise_estimate:.3g}; residual "
+                                  f"targets {result.residual_targets}; Phase 1 targets "
+                                  f"{p1_info.get('derivative_targets', 'difference')}",
                   "phase1_checkpoint": f"{ckpt} ({file_hash(ckpt)})",
                   "sweep_range": "per metabolite, its observed [min, max] in the training "
                                  f"data; median low {np.median(evaluator.sweep.low):.3g}, "

@@ -12,7 +12,9 @@ default regime, and residual slopes biased by 1.4-2x). It is label-free: one fre
 metabolite, no types.
 
 Transitions into a clamped state (c_{t+1} = 0 somewhere) are dropped: there the Euler
-difference is not the model's dc/dt.
+difference is not the model's dc/dt. On noisy observations (noise estimated from the data,
+metabolism.observations) the targets are Savitzky-Golay derivatives of the smoothed
+trajectory instead: a one-frame difference of noisy data is mostly noise.
 """
 
 from __future__ import annotations
@@ -30,21 +32,50 @@ from kernels import reaction_rates
 from metabolism.config import Phase1Config
 from metabolism.data import TrainingData
 from metabolism.model import MetabolismModel
+from metabolism import observations as obs
 
 
 @dataclass
 class Phase1Result:
     losses: list[float]
     seconds: float
+    targets: str = "difference"  # how the dc/dt targets were made ("auto" resolved)
 
 
 def finite_difference_targets(data: TrainingData, device=None
                               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(c_t, (c_{t+1} - c_t)/dt) over the transitions with no clamped entry, (F', N) each."""
+    """(c_t, (c_{t+1} - c_t)/dt) over the transitions with no clamped entry, (F', N) each.
+
+    With k Euler steps between observed frames, the difference over the frame interval is the
+    rate at the Euler-weighted mean of the two end states (metabolism.observations
+    .endpoint_weights), not at the first one.
+    """
     c = torch.as_tensor(data.concentrations, dtype=torch.float32, device=device)
     x, nxt = c[:-1], c[1:]
     keep = (nxt > 0).all(1)
+    if data.observe_every > 1:
+        w_left, w_right = obs.endpoint_weights(data.delta_t, data.observe_every)
+        return (w_left * x + w_right * nxt)[keep], ((nxt - x) / data.frame_interval)[keep]
     return x[keep], ((nxt - x) / data.delta_t)[keep]
+
+
+def derivative_targets(data: TrainingData, cfg: Phase1Config, device=None
+                       ) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(states, dc/dt targets, description) as cfg.derivative asks; "auto" takes Savitzky-Golay
+    derivatives when the data's estimated noise is above obs.NOISE_THRESHOLD."""
+    mode = cfg.derivative
+    noise = obs.estimate_relative_noise(data.concentrations)
+    if mode == "auto":
+        mode = "savgol" if noise > obs.NOISE_THRESHOLD else "difference"
+    if mode == "difference":
+        x, y = finite_difference_targets(data, device)
+        return x, y, "difference"
+    window = cfg.savgol_window or obs.savgol_window_for(noise)
+    states, deriv, keep = obs.savgol_targets(data.concentrations, data.delta_t,
+                                             data.observe_every, window, cfg.savgol_polyorder)
+    return (torch.as_tensor(states[keep], dtype=torch.float32, device=device),
+            torch.as_tensor(deriv[keep], dtype=torch.float32, device=device),
+            f"savgol(window={window}, polyorder={cfg.savgol_polyorder})")
 
 
 def relative_weights(y: torch.Tensor, floor: float) -> torch.Tensor:
@@ -168,7 +199,7 @@ def train_phase1(model: MetabolismModel, data: TrainingData, cfg: Phase1Config,
     not leave; a short trial from several starts, judged by the training loss alone, avoids it.
     """
     torch.manual_seed(cfg.seed)
-    x, y = finite_difference_targets(data, model.S.device)
+    x, y, targets = derivative_targets(data, cfg, model.S.device)
     w_all = relative_weights(y, cfg.relative_weight_floor)
     warmup = LinearSystem(model.S, drift=False)
     system = LinearSystem(model.S, cfg.drift_correction)
@@ -200,4 +231,4 @@ def train_phase1(model: MetabolismModel, data: TrainingData, cfg: Phase1Config,
         G = torch.cat([_features(model, xc) for xc in x.split(512)])
         k, _, _ = system.split(system.solve(G, x, y, w_all))
         model.log10_k.copy_(rates_to_log10(k).float())
-    return Phase1Result(losses=losses, seconds=time.perf_counter() - start)
+    return Phase1Result(losses=losses, seconds=time.perf_counter() - start, targets=targets)

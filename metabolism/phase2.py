@@ -40,6 +40,7 @@ class Phase2Result:
     components: dict[str, list[float]] = field(default_factory=dict)
     final_loss: float = float("nan")  # rollout MSE on a fixed set of start frames
     seconds: float = 0.0
+    residual_targets: str = "none"  # which residual targets were used ("auto" resolved)
 
 
 # phase2_loss is measured from this many evenly spaced start frames
@@ -47,13 +48,15 @@ EVAL_STARTS = 64
 
 
 def evaluation_loss(model, conc: torch.Tensor, time_step: int, delta_t: float,
-                    n_starts: int | None = None, backend: str | None = None) -> float:
+                    n_starts: int | None = None, backend: str | None = None,
+                    substeps: int = 1) -> float:
     """Rollout MSE from evenly spaced start frames: comparable across runs of a slot."""
     n_starts = EVAL_STARTS if n_starts is None else n_starts
     starts = torch.linspace(0, conc.shape[0] - 1 - time_step, n_starts).long().to(conc.device)
     offsets = torch.arange(1, time_step + 1, device=conc.device)
     with torch.no_grad():
-        pred = rollout(model, conc[starts], time_step, delta_t, backend=backend)
+        pred = rollout(model, conc[starts], time_step, delta_t, backend=backend,
+                       substeps=substeps)
         return float(((pred - conc[starts[:, None] + offsets]) ** 2).mean())
 
 
@@ -90,7 +93,7 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     st = cfg.strategies
-    dt = data.delta_t
+    dt, substeps = data.delta_t, data.observe_every  # k Euler steps between observed frames
     device = model.S.device
     conc = torch.as_tensor(data.concentrations, dtype=model.embeddings.dtype, device=device)
     T = cfg.homeostasis_time_step
@@ -103,8 +106,10 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
     ])
     base_lrs = [g["lr"] for g in opt.param_groups]
     reassign = st.contrastive.enabled and bool(st.contrastive.reassign_at)
+    result = Phase2Result()
     if st.residual_supervision.enabled or reassign:
-        res_x, res_y = strat.residual_targets(model, conc, dt)
+        res_x, res_y, result.residual_targets = strat.residual_targets_for(
+            model, conc, dt, substeps, st, T)
     if st.residual_supervision.enabled:
         res_scale = strat.residual_scale(res_y)
     if st.contrastive.enabled:
@@ -114,7 +119,6 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
     reassign_steps = ({round(f * n_updates) for f in st.contrastive.reassign_at}
                       if reassign else set())
     accum = strat.accumulation_steps(st)
-    result = Phase2Result()
     start = time.perf_counter()
     bar = tqdm(range(n_updates), desc=f"phase 2 (T={T})", disable=not progress,
                mininterval=1.0)
@@ -137,7 +141,8 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
             starts = torch.randint(0, conc.shape[0] - length, (cfg.batch_size,)).to(device)
             target = conc[starts[:, None] + torch.arange(1, length + 1, device=device)]  # (B,L,N)
             pred = rollout(model, conc[starts], length, dt, node_scale=node_scale,
-                           reaction_grad=strat.reaction_gradient(st), backend=rollout_backend)
+                           reaction_grad=strat.reaction_gradient(st), backend=rollout_backend,
+                           substeps=substeps)
             w = strat.time_weights(st, length).to(pred)
             loss_rollout = (((pred - target) ** 2).mean((0, 2)) * w).mean()
             loss = cfg.rollout_loss_weight * loss_rollout
@@ -174,7 +179,8 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
                 and step + 1 < n_updates:
             on_eval(step + 1, model)
 
-    result.final_loss = evaluation_loss(model, conc, T, dt, backend=rollout_backend)
+    result.final_loss = evaluation_loss(model, conc, T, dt, backend=rollout_backend,
+                                        substeps=substeps)
     result.seconds = time.perf_counter() - start
     if on_eval is not None:
         on_eval(n_updates, model)

@@ -12,10 +12,18 @@ import random
 import torch
 
 from kernels import reaction_dcdt
+from metabolism import observations as obs
 from metabolism.config import StrategiesConfig
 
 
 # 1. residual supervision ---------------------------------------------------------------
+
+
+def _frozen_reaction_dcdt(model, c: torch.Tensor) -> torch.Tensor:
+    c = c.to(device=model.S.device, dtype=model.embeddings.dtype)
+    with torch.no_grad():
+        fr = model.frozen_reactions()
+        return torch.cat([reaction_dcdt(xc, fr) for xc in c.split(512)])
 
 
 def residual_targets(model, concentrations: torch.Tensor, delta_t: float
@@ -27,10 +35,79 @@ def residual_targets(model, concentrations: torch.Tensor, delta_t: float
     x, nxt = concentrations[:-1], concentrations[1:]
     keep = (nxt > 0).all(1)
     x, nxt = x[keep], nxt[keep]
-    with torch.no_grad():
-        fr = model.frozen_reactions()
-        reaction = torch.cat([reaction_dcdt(xc, fr) for xc in x.split(512)])
-    return x, (nxt - x) / delta_t - reaction
+    return x, (nxt - x) / delta_t - _frozen_reaction_dcdt(model, x)
+
+
+def window_residual_targets(model, concentrations: torch.Tensor, delta_t: float,
+                            observe_every: int, window: int
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residual targets integrated over `window` observed intervals, per unit time:
+
+        y = [c(t+W) - c(t) - integral of the frozen reaction term along the observed
+             trajectory] / (W * frame interval),   x = the time average of c over the window.
+
+    The reaction term is evaluated on the observed frames, never on a rolled-out state, so
+    Phase 1's error does not compound; the noise of the two end points is divided by the
+    window's length while the homeostatic drift it has to reveal grows with it. MLP_node is
+    matched at the window's mean concentration (exact for a law linear in c, first order
+    otherwise). Windows that touch a clamped frame are dropped. Sums run in float64.
+    """
+    c = concentrations
+    frame_dt = delta_t * observe_every
+    reaction = _frozen_reaction_dcdt(model, c).double()
+    c64 = c.double()
+    reaction_sum = obs.window_sums(obs.interval_average(reaction, delta_t, observe_every), window)
+    c_mean = obs.window_sums(obs.interval_average(c64, delta_t, observe_every), window) / window
+    y = (c64[window:] - c64[:-window]) / (window * frame_dt) - reaction_sum / window
+    clamped = (c64 <= 0).any(1).double()
+    keep = obs.window_sums(clamped[:, None], window + 1)[:, 0] == 0  # frames t..t+W
+    return c_mean[keep].to(c.dtype), y[keep].to(c.dtype)
+
+
+def savgol_residual_targets(model, concentrations: torch.Tensor, delta_t: float,
+                            observe_every: int, window: int, polyorder: int
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Baseline: (smoothed c, Savitzky-Golay dc/dt - frozen reaction term at smoothed c)."""
+    smooth, deriv, keep = obs.savgol_targets(concentrations.double().cpu().numpy(), delta_t,
+                                             observe_every, window, polyorder)
+    like = dict(dtype=concentrations.dtype, device=concentrations.device)
+    x = torch.as_tensor(smooth[keep], **like)
+    y = torch.as_tensor(deriv[keep], **like)
+    return x, y - _frozen_reaction_dcdt(model, x).to(**like)
+
+
+def choose_residual_targets(cfg: StrategiesConfig, concentrations, time_step: int
+                            ) -> tuple[str, int]:
+    """(targets, window) after resolving "auto" from the data: one-frame differences on data
+    the noise estimate calls clean (they are exact for noiseless Euler data), windows of the
+    slot's time step otherwise."""
+    rs = cfg.residual_supervision
+    targets = rs.targets
+    if targets == "auto":
+        targets = "window" if obs.is_noisy(concentrations) else "difference"
+    return targets, (rs.window or time_step)
+
+
+def residual_targets_for(model, concentrations: torch.Tensor, delta_t: float,
+                         observe_every: int, cfg: StrategiesConfig, time_step: int
+                         ) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The residual targets the config asks for; returns (x, y, description)."""
+    targets, window = choose_residual_targets(cfg, concentrations, time_step)
+    rs = cfg.residual_supervision
+    if targets == "savgol":
+        sg_window = rs.savgol_window or obs.savgol_window_for(
+            obs.estimate_relative_noise(concentrations))
+        x, y = savgol_residual_targets(model, concentrations, delta_t, observe_every,
+                                       sg_window, rs.savgol_polyorder)
+        return x, y, f"savgol(window={sg_window}, polyorder={rs.savgol_polyorder})"
+    if targets == "window":
+        x, y = window_residual_targets(model, concentrations, delta_t, observe_every, window)
+        return x, y, f"window({window})"
+    if observe_every == 1:
+        x, y = residual_targets(model, concentrations, delta_t)
+    else:  # one interval of k Euler steps, with the Euler-consistent end-point weights
+        x, y = window_residual_targets(model, concentrations, delta_t, observe_every, 1)
+    return x, y, "difference"
 
 
 def residual_scale(residual: torch.Tensor) -> torch.Tensor:

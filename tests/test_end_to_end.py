@@ -93,6 +93,15 @@ def test_analysis_log_states_strategies_with_parameters(e2e):
     assert "amplification" not in line  # disabled strategies are not listed
 
 
+def test_analysis_log_states_how_the_observations_were_used(e2e):
+    text = (e2e["res"].run_dir / "analysis.log").read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("# observations: "))
+    assert "observation_noise 0.0, observe_every 1" in line
+    assert "residual targets difference" in line and "Phase 1 targets difference" in line
+    run = e2e["client"].get_run(e2e["res"].mlflow_run_id)
+    assert float(run.data.tags["observation_noise_estimated"]) < 1e-4
+
+
 def test_plots_exist(e2e):
     run_dir = e2e["res"].run_dir
     tmp = run_dir / "tmp_training"

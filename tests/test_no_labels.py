@@ -26,10 +26,13 @@ from metabolism.network import GroundTruth, Stoichiometry
 from metabolism.phase2 import train_phase2
 
 TRAINING_MODULES = [ROOT / "metabolism" / f for f in
-                    ("phase1.py", "phase2.py", "strategies.py", "rollout.py", "model.py")]
+                    ("phase1.py", "phase2.py", "strategies.py", "rollout.py", "model.py",
+                     "observations.py")]
 TRAINING_MODULES += sorted((ROOT / "kernels").glob("*.py"))
 FORBIDDEN_MODULES = {"metabolism.metrics", "metabolism.plots", "metabolism.experiment"}
-FORBIDDEN_NAMES = {"load_ground_truth", "GroundTruth"}
+# the noiseless observed frames are ground truth too (evaluation only)
+FORBIDDEN_NAMES = {"load_ground_truth", "GroundTruth", "load_clean_concentrations",
+                   "clean_concentrations"}
 
 
 def _all_strategies_cfg():
@@ -43,7 +46,7 @@ def _all_strategies_cfg():
 
 def test_training_data_has_no_types():
     names = {f.name for f in dataclasses.fields(TrainingData)}
-    assert names == {"concentrations", "delta_t", "stoich"}
+    assert names == {"concentrations", "delta_t", "stoich", "observe_every"}
     for f in dataclasses.fields(TrainingData):
         assert f.type not in (GroundTruth, "GroundTruth")
         assert "type" not in f.name and "label" not in f.name
@@ -58,7 +61,8 @@ def test_training_file_has_no_labels(tiny_phase1):
     with np.load(folder / "training.npz") as f:
         keys = set(f.files)
     assert "types" not in keys
-    assert not keys & {"log10_k", "lambda_per_type", "baseline_per_type"}
+    assert not keys & {"log10_k", "lambda_per_type", "baseline_per_type",
+                       "clean_concentrations"}
     with np.load(folder / "ground_truth.npz") as f:
         assert "types" in f.files  # labels exist, but only in the evaluation file
     data = load_training_data(folder)
