@@ -80,6 +80,9 @@ def _run_cell(cell: Cell, config_dir: Path, data_root: Path, runs_root: Path,
     try:
         cfg = load_config(Path(config_dir) / f"slot{cell.slot}.yaml", cell.overrides)
         row["time_step"] = cfg.training.homeostasis_time_step
+        row["regime"] = cfg.regime
+        row["observation_noise"] = cfg.simulation.observation_noise
+        row["observe_every"] = cfg.simulation.observe_every
         row["strategy"] = cfg.training.strategies.label()
         res = run_phase2(cfg, runs_root=runs_root, data_root=data_root,
                          parent_run_id=parent_run_id,
