@@ -57,6 +57,11 @@ VARIANTS = {  # overrides on top of each slot config: ablations of what it enabl
     "no_gradient_isolation": {"training.strategies.gradient_isolation.enabled": False},
     "no_lr_schedule": {"training.strategies.lr_schedule.enabled": False},
     "amplification": {"training.strategies.amplification.enabled": True},
+    # residual targets on noisy data (the slot configs' "auto" picks windows of the slot's T)
+    "residual_difference": {"training.strategies.residual_supervision.targets": "difference"},
+    "residual_savgol": {"training.strategies.residual_supervision.targets": "savgol"},
+    "residual_window_64": {"training.strategies.residual_supervision.targets": "window",
+                           "training.strategies.residual_supervision.window": 64},
     "lr_warmup_peak": {  # the seed's schedule, LRSchedule's defaults: 10x warmup, cosine to 0.1x
         f"training.strategies.lr_schedule.{k}": v
         for k, v in dataclasses.asdict(LRSchedule()).items() if k != "enabled"},
