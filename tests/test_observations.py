@@ -196,7 +196,8 @@ def _conc(model, frames=40, seed=1):
 def test_window_of_one_frame_is_the_one_step_residual(model):
     conc = _conc(model)
     x1, y1 = strat.residual_targets(model, conc.float(), 0.1)
-    xw, yw = strat.window_residual_targets(model, conc, 0.1, 1, 1)
+    xw, yw = strat.window_residual_targets(model, conc.float(), 0.1, 1, 1)
+    assert xw.dtype == torch.float32  # the input's precision (sums run in float64)
     torch.testing.assert_close(xw, x1)
     torch.testing.assert_close(yw, y1, rtol=1e-4, atol=1e-4)
 
