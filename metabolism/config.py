@@ -89,9 +89,11 @@ class Phase1Config:
     restart_trial_steps: int = 40
     seed: int = 0
     # dc/dt targets: "difference" (one-frame difference, exact on noiseless Euler data),
-    # "savgol" (Savitzky-Golay derivative of the smoothed trajectory), or "auto" (savgol when
-    # the noise estimated from the data exceeds metabolism.observations.NOISE_THRESHOLD)
+    # "window" (integrated over `window` frames: [c(t+W) - c(t)] / W against the rate law
+    # averaged along the observed frames), "savgol" (Savitzky-Golay derivative), or "auto"
+    # (window when the noise estimated from the data exceeds observations.NOISE_THRESHOLD)
     derivative: str = "auto"
+    window: int = 0  # frames; 0 = chosen from the estimated noise level
     savgol_window: int = 0  # frames, odd; 0 = chosen from the estimated noise level
     savgol_polyorder: int = 3
 
@@ -318,7 +320,7 @@ _ABSENT = object()
 # Keys added after caches existed, with the value that reproduces the earlier behaviour.
 HASH_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "simulation": {"observation_noise": 0.0, "observe_every": 1},
-    "phase1": {"derivative": "auto", "savgol_window": 0, "savgol_polyorder": 3},
+    "phase1": {"derivative": "auto", "window": 0, "savgol_window": 0, "savgol_polyorder": 3},
 }
 
 
@@ -572,6 +574,8 @@ def _check_observations(cfg: Config) -> int:
     _check_savgol(need, "phase1", cfg.phase1.savgol_window, cfg.phase1.savgol_polyorder)
     need(cfg.phase1.derivative in DERIVATIVE_MODES, "phase1.derivative",
          f"must be one of {', '.join(DERIVATIVE_MODES)}")
+    need(0 <= cfg.phase1.window < n_observed - 1, "phase1.window",
+         f"must be in [0, {n_observed - 1}) (0 = chosen from the noise level)")
     rs = cfg.training.strategies.residual_supervision
     pre = "training.strategies.residual_supervision"
     need(rs.targets in RESIDUAL_TARGETS, f"{pre}.targets",
@@ -582,7 +586,7 @@ def _check_observations(cfg: Config) -> int:
     return n_observed
 
 
-DERIVATIVE_MODES = ("auto", "difference", "savgol")
+DERIVATIVE_MODES = ("auto", "difference", "window", "savgol")
 RESIDUAL_TARGETS = ("auto", "difference", "window", "savgol")
 
 

@@ -61,21 +61,109 @@ def finite_difference_targets(data: TrainingData, device=None
 
 def derivative_targets(data: TrainingData, cfg: Phase1Config, device=None
                        ) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """(states, dc/dt targets, description) as cfg.derivative asks; "auto" takes Savitzky-Golay
-    derivatives when the data's estimated noise is above obs.NOISE_THRESHOLD."""
-    mode = cfg.derivative
-    noise = obs.estimate_relative_noise(data.concentrations)
-    if mode == "auto":
-        mode = "savgol" if noise > obs.NOISE_THRESHOLD else "difference"
+    """(states, dc/dt targets, description) for the point-wise modes: one-frame differences or
+    Savitzky-Golay derivatives (the state moved back half an Euler step)."""
+    mode = resolve_derivative_mode(data, cfg)
     if mode == "difference":
         x, y = finite_difference_targets(data, device)
         return x, y, "difference"
-    window = cfg.savgol_window or obs.savgol_window_for(noise)
+    if mode != "savgol":
+        raise ValueError(f"phase1.derivative {mode!r} has no point-wise targets")
+    window = cfg.savgol_window or obs.savgol_window_for(
+        obs.estimate_relative_noise(data.concentrations))
     states, deriv, keep = obs.savgol_targets(data.concentrations, data.delta_t,
                                              data.observe_every, window, cfg.savgol_polyorder)
     return (torch.as_tensor(states[keep], dtype=torch.float32, device=device),
             torch.as_tensor(deriv[keep], dtype=torch.float32, device=device),
             f"savgol(window={window}, polyorder={cfg.savgol_polyorder})")
+
+
+def resolve_derivative_mode(data: TrainingData, cfg: Phase1Config) -> str:
+    """cfg.derivative with "auto" resolved: integrated windows when the data's estimated noise
+    is above obs.NOISE_THRESHOLD, one-frame differences (exact on Euler data) otherwise."""
+    if cfg.derivative != "auto":
+        return cfg.derivative
+    return "window" if obs.is_noisy(data.concentrations) else "difference"
+
+
+class PointTargets:
+    """Rows (c_t, dc/dt_t): the model's rate at a state against a derivative target."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, floor: float, label: str):
+        self.x, self.y, self.label = x, y, label
+        self.w = relative_weights(y, floor)
+
+    def sample(self, model, batch_size: int):
+        # drawn on the CPU generator: the same batches on every device
+        idx = torch.randint(0, self.x.shape[0], (min(batch_size, self.x.shape[0]),)).to(
+            self.x.device)
+        xb = self.x[idx]
+        return _features(model, xb), xb, self.y[idx], self.w[idx]
+
+    def everything(self, model):
+        G = torch.cat([_features(model, xc) for xc in self.x.split(512)])
+        return G, self.x, self.y, self.w
+
+
+class WindowTargets:
+    """Rows integrated over `window` observed intervals: [c(t+W) - c(t)] / (W frame interval)
+    against the time average of the rate-law features along the observed frames (Euler-
+    weighted end points), and of c for the drift term.
+
+    The integral of the Euler path is exact, so unlike a smoothed derivative these targets
+    carry no smoothing bias on noiseless data, while the two end points' noise is divided by
+    the window's length. Batches are short contiguous segments, so each frame's MLP_sub
+    features serve every window that covers it. Windows touching a clamped frame get weight 0.
+    """
+
+    SEGMENT = 16  # windows per segment
+
+    def __init__(self, data: TrainingData, window: int, floor: float, device=None):
+        c64 = torch.as_tensor(data.concentrations, dtype=torch.float64)
+        self.W, self.frame_dt = window, data.frame_interval
+        self.w_left, self.w_right = obs.endpoint_weights(data.delta_t, data.observe_every)
+        self.c = c64.to(device=device, dtype=torch.float32)
+        y = (c64[window:] - c64[:-window]) / (window * self.frame_dt)
+        clamped = (c64 <= 0).any(1).double()
+        valid = obs.window_sums(clamped[:, None], window + 1)[:, 0] == 0
+        w = torch.zeros_like(y)
+        w[valid] = relative_weights(y[valid], floor)
+        self.y, self.w = y.float().to(device), w.float().to(device)
+        self.label = f"window({window})"
+
+    def _average(self, per_frame: torch.Tensor) -> torch.Tensor:
+        """(..., frames, K) -> (..., frames - W, K): window time averages of a per-frame row."""
+        per_interval = self.w_left * per_frame[..., :-1, :]
+        if self.w_right:
+            per_interval = per_interval + self.w_right * per_frame[..., 1:, :]
+        zero = torch.zeros_like(per_interval[..., :1, :])
+        csum = torch.cat([zero, per_interval.cumsum(-2)], -2)
+        return (csum[..., self.W:, :] - csum[..., :-self.W, :]) / self.W
+
+    def sample(self, model, batch_size: int):
+        n_seg = max(1, batch_size // self.SEGMENT)
+        L = min(self.SEGMENT, self.y.shape[0])
+        starts = torch.randint(0, self.y.shape[0] - L + 1, (n_seg,))
+        frames = (starts[:, None] + torch.arange(L + self.W)).to(self.c.device)
+        cb = self.c[frames]  # (S, L + W, N)
+        G = _features(model, cb.reshape(-1, cb.shape[-1])).reshape(n_seg, L + self.W, -1)
+        rows = (starts[:, None] + torch.arange(L)).to(self.c.device).reshape(-1)
+        return (self._average(G).reshape(n_seg * L, -1),
+                self._average(cb).reshape(n_seg * L, -1), self.y[rows], self.w[rows])
+
+    def everything(self, model):
+        G = torch.cat([_features(model, xc) for xc in self.c.split(512)]).double()
+        return self._average(G), self._average(self.c.double()), self.y, self.w
+
+
+def phase1_targets(data: TrainingData, cfg: Phase1Config, device=None):
+    mode = resolve_derivative_mode(data, cfg)
+    if mode == "window":
+        window = cfg.window or obs.savgol_window_for(
+            obs.estimate_relative_noise(data.concentrations))
+        return WindowTargets(data, window, cfg.relative_weight_floor, device)
+    x, y, label = derivative_targets(data, cfg, device)
+    return PointTargets(x, y, cfg.relative_weight_floor, label)
 
 
 def relative_weights(y: torch.Tensor, floor: float) -> torch.Tensor:
@@ -159,7 +247,7 @@ def _features(model: MetabolismModel, x: torch.Tensor) -> torch.Tensor:
     return reaction_rates(x, dataclasses.replace(fr, log10_k=torch.zeros_like(fr.log10_k)))
 
 
-def _fit(model, x, y, w_all, cfg: Phase1Config, warmup: LinearSystem, system: LinearSystem,
+def _fit(model, rows, cfg: Phase1Config, warmup: LinearSystem, system: LinearSystem,
          n_steps: int, total_steps: int, step0: int, opt, bar=None) -> list[float]:
     """Adam on MLP_sub through the least-squares k (and drift after the warm-up)."""
     # The drift is switched on only after a warm-up: from the start it lets a flat MLP_sub
@@ -170,10 +258,7 @@ def _fit(model, x, y, w_all, cfg: Phase1Config, warmup: LinearSystem, system: Li
         frac = step / max(1, total_steps - 1)  # cosine decay to 1% for a precise finish
         opt.param_groups[0]["lr"] = cfg.learning_rate_sub * (
             0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * frac)))
-        # drawn on the CPU generator: the same batches on every device
-        idx = torch.randint(0, x.shape[0], (min(cfg.batch_size, x.shape[0]),)).to(x.device)
-        xb, yb, wb = x[idx], y[idx], w_all[idx]
-        G = _features(model, xb)
+        G, xb, yb, wb = rows.sample(model, cfg.batch_size)
         sys_now = warmup if step < n_warmup else system
         sol = sys_now.solve(G, xb, yb, wb)
         loss = ((wb.double() * (sys_now.predict(G, xb, sol) - yb.double())) ** 2).mean()
@@ -199,8 +284,7 @@ def train_phase1(model: MetabolismModel, data: TrainingData, cfg: Phase1Config,
     not leave; a short trial from several starts, judged by the training loss alone, avoids it.
     """
     torch.manual_seed(cfg.seed)
-    x, y, targets = derivative_targets(data, cfg, model.S.device)
-    w_all = relative_weights(y, cfg.relative_weight_floor)
+    rows = phase1_targets(data, cfg, model.S.device)
     warmup = LinearSystem(model.S, drift=False)
     system = LinearSystem(model.S, cfg.drift_correction)
     start = time.perf_counter()
@@ -215,7 +299,7 @@ def train_phase1(model: MetabolismModel, data: TrainingData, cfg: Phase1Config,
             if isinstance(m, torch.nn.Linear):
                 m.reset_parameters()
         opt = torch.optim.Adam(model.mlp_sub.parameters(), lr=cfg.learning_rate_sub)
-        losses = _fit(model, x, y, w_all, cfg, warmup, system, n_trial, total, 0, opt, bar)
+        losses = _fit(model, rows, cfg, warmup, system, n_trial, total, 0, opt, bar)
         score = float(sum(losses[-10:]) / len(losses[-10:]))
         if best is None or score < best[0]:
             best = (score, copy.deepcopy(model.mlp_sub.state_dict()),
@@ -224,11 +308,10 @@ def train_phase1(model: MetabolismModel, data: TrainingData, cfg: Phase1Config,
     model.mlp_sub.load_state_dict(sub_state)
     opt = torch.optim.Adam(model.mlp_sub.parameters(), lr=cfg.learning_rate_sub)
     opt.load_state_dict(opt_state)
-    losses = losses + _fit(model, x, y, w_all, cfg, warmup, system, total - n_trial, total,
+    losses = losses + _fit(model, rows, cfg, warmup, system, total - n_trial, total,
                            n_trial, opt, bar)
     bar.close()
     with torch.no_grad():  # final k: least squares on the whole trajectory
-        G = torch.cat([_features(model, xc) for xc in x.split(512)])
-        k, _, _ = system.split(system.solve(G, x, y, w_all))
+        k, _, _ = system.split(system.solve(*rows.everything(model)))
         model.log10_k.copy_(rates_to_log10(k).float())
-    return Phase1Result(losses=losses, seconds=time.perf_counter() - start, targets=targets)
+    return Phase1Result(losses=losses, seconds=time.perf_counter() - start, targets=rows.label)

@@ -262,7 +262,8 @@ def test_phase1_targets_follow_the_data(tmp_path):
     assert label == "difference"
     torch.testing.assert_close(x, fx)
     torch.testing.assert_close(y, fy)
-    cfg, noisy_data, clean = _dataset(tmp_path / "b", **{"simulation.observation_noise": 0.01})
+    cfg, noisy_data, clean = _dataset(tmp_path / "b", **{"simulation.observation_noise": 0.01,
+                                                          "phase1.derivative": "savgol"})
     x, y, label = derivative_targets(noisy_data, cfg.phase1)
     assert label == "savgol(window=11, polyorder=3)"
     # judged against the true rate law at the states they come with, the smoothed targets
@@ -319,3 +320,48 @@ def test_phase2_on_sparse_noisy_data_integrates_k_euler_steps_per_frame(tmp_path
     assert seen and set(seen) == {3}
     assert res.residual_targets == "window(4)"
     assert np.isfinite(res.final_loss)
+
+
+# ----------------------------------------------------------------------------- Phase 1 windows
+
+
+def test_phase1_window_rows_average_the_rate_law_along_the_frames(tmp_path, model):
+    """Each row: [c(t+W) - c(t)] / (W dt) against the mean of MLP_sub's rate features over
+    frames t..t+W-1 (and of c for the drift); sampled rows agree with the full set."""
+    from metabolism.phase1 import WindowTargets, _features
+
+    cfg, data, _ = _dataset(tmp_path, **{"simulation.observation_noise": 0.01})
+    W = 5
+    data.concentrations[50, 3] = 0.0  # a clamped frame: the windows over it carry no weight
+    rows = WindowTargets(data, W, 5.0)
+    c = torch.as_tensor(data.concentrations)
+    torch.testing.assert_close(rows.y.double(), (c[W:] - c[:-W]) / (W * 0.1), rtol=1e-5,
+                               atol=1e-5)
+    clamped = (c <= 0).any(1)
+    touched = torch.tensor([bool(clamped[t:t + W + 1].any()) for t in range(rows.y.shape[0])])
+    assert touched.any() and (rows.w[touched] == 0).all() and (rows.w[~touched] > 0).all()
+    with torch.no_grad():
+        G_all, x_all, y_all, _ = rows.everything(model)
+        feats = _features(model, c.float())
+        for t in (0, 7, rows.y.shape[0] - 1):
+            torch.testing.assert_close(G_all[t].float(), feats[t:t + W].mean(0), rtol=1e-4,
+                                       atol=1e-7)
+            torch.testing.assert_close(x_all[t], c[t:t + W].mean(0), rtol=1e-6, atol=1e-6)
+        torch.manual_seed(3)
+        G, x, y, w = rows.sample(model, 64)
+        assert G.shape == (64, G_all.shape[1]) and x.shape == y.shape == w.shape == (64, 20)
+        match = [int(torch.nonzero((y_all == yi).all(1))[0]) for yi in y]
+        torch.testing.assert_close(G.double(), G_all[match], rtol=1e-4, atol=1e-7)
+
+
+def test_phase1_auto_integrates_windows_on_noisy_data(tmp_path):
+    from metabolism.phase1 import PointTargets, WindowTargets, phase1_targets
+
+    cfg, clean, _ = _dataset(tmp_path / "a")
+    rows = phase1_targets(clean, cfg.phase1)
+    assert isinstance(rows, PointTargets) and rows.label == "difference"
+    cfg, noisy, _ = _dataset(tmp_path / "b", **{"simulation.observation_noise": 0.01})
+    rows = phase1_targets(noisy, cfg.phase1)
+    assert isinstance(rows, WindowTargets) and rows.label == "window(11)"
+    fixed = tiny_config(**{"simulation.observation_noise": 0.01, "phase1.window": 4})
+    assert phase1_targets(noisy, fixed.phase1).label == "window(4)"
