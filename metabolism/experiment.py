@@ -332,7 +332,7 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
                progress: bool = True, quiet: bool = False, rebuild: bool = True) -> RunResult:
     """One Phase 2 experiment, tracked in MLflow; raises (run marked FAILED) on failure."""
     runs_root, data_root = Path(runs_root), Path(data_root)
-    ckpt, _ = ensure_phase1(cfg, data_root, progress=progress, quiet=quiet, rebuild=rebuild)
+    ckpt, p1_info = ensure_phase1(cfg, data_root, progress=progress, quiet=quiet, rebuild=rebuild)
     folder = dataset_dir(cfg, data_root)
     data, truth = load_training_data(folder), load_ground_truth(folder)
 
