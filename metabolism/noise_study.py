@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from metabolism.metrics import classify_slope_ratio  # noqa: E402
+from metabolism.verdict import classify_slope_ratio  # noqa: E402
 
 PANELS = [("avg_slope_ratio", "avg_slope_ratio", (0.8, 1.2)),
           ("MLP_node_slope_ratio_0", "slope ratio, type 0", (0.8, 1.2)),

@@ -305,7 +305,7 @@ def test_phase2_on_sparse_noisy_data_integrates_k_euler_steps_per_frame(tmp_path
                          "training.homeostasis_time_step": 4,
                          "training.strategies.residual_supervision.enabled": True})
     ckpt, info = ensure_phase1(cfg, tmp_path, progress=False, quiet=True)
-    assert info["derivative_targets"].startswith("savgol")
+    assert info["derivative_targets"] == "window(11)"
     data = load_training_data(dataset_dir(cfg, tmp_path))
     model = load_phase1_model(ckpt, data, cfg)
     seen = []
