@@ -31,6 +31,7 @@ DEFAULT_REGIME = "default"
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
+
 class ConfigError(ValueError):
     """A config is malformed or forbidden; the message is one line naming the key."""
 
@@ -59,6 +60,12 @@ class SimulationConfig:
     observation_noise: float = 0.0
     # keep every k-th Euler frame: the model still integrates with delta_t, k steps per frame
     observe_every: int = 1
+    # "contiguous": types are blocks of metabolite indices (the seed's default regime);
+    # "random": a seeded permutation of those blocks, so a metabolite's index says nothing of
+    # its type
+    type_assignment: str = field(default="contiguous")
+    # share of the metabolites per type (normalised); empty = equal groups
+    type_proportions: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -319,7 +326,8 @@ _ABSENT = object()
 
 # Keys added after caches existed, with the value that reproduces the earlier behaviour.
 HASH_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "simulation": {"observation_noise": 0.0, "observe_every": 1},
+    "simulation": {"observation_noise": 0.0, "observe_every": 1,
+                   "type_assignment": "contiguous", "type_proportions": []},
     "phase1": {"derivative": "auto", "window": 0, "savgol_window": 0, "savgol_polyorder": 3},
 }
 
@@ -456,6 +464,14 @@ def _check_simulation(sim: SimulationConfig) -> None:
          "every value must be > 0")
     need(all(v >= 0 for v in sim.baseline_per_type), "simulation.baseline_per_type",
          "every value must be >= 0")
+    need(sim.type_assignment in ("contiguous", "random"), "simulation.type_assignment",
+         "must be 'contiguous' or 'random'")
+    props = sim.type_proportions
+    need(not props or (len(props) == sim.n_metabolite_types and all(p > 0 for p in props)),
+         "simulation.type_proportions",
+         f"must be empty or one positive share per type ({sim.n_metabolite_types})")
+    need(not props or min(props) / sum(props) * sim.n_metabolites >= 1,
+         "simulation.type_proportions", "every type needs at least one metabolite")
     need(sim.delta_t > 0, "simulation.delta_t", "must be > 0")
     need(sim.n_frames >= 2, "simulation.n_frames", "must be >= 2")
     need(sim.seed >= 0, "simulation.seed", "must be >= 0")

@@ -57,9 +57,28 @@ class GroundTruth:
         return self.baseline_per_type[self.types]
 
 
-def metabolite_types(n_metabolites: int, n_types: int) -> np.ndarray:
-    """Types are contiguous blocks of (almost) equal size: 0..N/T-1 type 0, and so on."""
-    return (np.arange(n_metabolites) * n_types) // n_metabolites
+def metabolite_types(n_metabolites: int, n_types: int,
+                     proportions: list[float] | None = None) -> np.ndarray:
+    """Types as contiguous blocks: 0..N/T-1 type 0, and so on; block sizes follow
+    `proportions` (largest remainder) when given, else (almost) equal."""
+    if not proportions:
+        return (np.arange(n_metabolites) * n_types) // n_metabolites
+    share = np.asarray(proportions, float) / np.sum(proportions) * n_metabolites
+    sizes = np.floor(share).astype(int)
+    sizes[np.argsort(sizes - share)[:n_metabolites - sizes.sum()]] += 1
+    return np.repeat(np.arange(n_types), sizes)
+
+
+def assign_types(sim: SimulationConfig) -> np.ndarray:
+    """The regime's type of every metabolite: contiguous blocks, or those blocks permuted.
+
+    The permutation draws from its own stream of the simulation seed, so the network, rates
+    and initial state are the same under either assignment.
+    """
+    blocks = metabolite_types(sim.n_metabolites, sim.n_metabolite_types, sim.type_proportions)
+    if sim.type_assignment == "random":
+        return np.random.default_rng([sim.seed, 2]).permutation(blocks)
+    return blocks
 
 
 def _cycle_reactions(rng: np.random.Generator, n_metabolites: int, cycle_length: int,
@@ -137,7 +156,7 @@ def generate_network(sim: SimulationConfig) -> tuple[Stoichiometry, GroundTruth]
     lo, hi = sim.log10_k_range
     truth = GroundTruth(
         log10_k=rng.uniform(lo, hi, size=r),
-        types=metabolite_types(n, sim.n_metabolite_types),
+        types=assign_types(sim),
         lambda_per_type=np.asarray(sim.lambda_per_type, dtype=float),
         baseline_per_type=np.asarray(sim.baseline_per_type, dtype=float),
     )

@@ -94,6 +94,13 @@ def test_float_from_yaml_string():
      "training.learning_rate_embedding_homeostasis"),
     ({"regime": "x", "simulation": {"lambda_per_type": [0.1]}}, "simulation.lambda_per_type"),
     ({"regime": "x", "simulation": {"n_metabolite_types": 3}}, "simulation.lambda_per_type"),
+    ({"regime": "x", "simulation": {"type_assignment": "shuffled"}},
+     "simulation.type_assignment"),
+    ({"regime": "x", "simulation": {"type_proportions": [0.7]}}, "simulation.type_proportions"),
+    ({"regime": "x", "simulation": {"type_proportions": [0.7, -0.3]}},
+     "simulation.type_proportions"),
+    ({"regime": "x", "simulation": {"type_proportions": [0.999, 0.001]}},
+     "simulation.type_proportions"),
     ({"training": {"strategies": {"multiscale": {"fractions": [0.0, 1.0]}}}},
      "training.strategies.multiscale.fractions"),
     ({"training": {"strategies": {"residual_supervision": {"loss": "l1"}}}},
@@ -187,6 +194,27 @@ def test_hash_changes_with_simulation_only():
     assert a.hash_of("simulation") != b.hash_of("simulation")
     assert a.hash_of("simulation") == c.hash_of("simulation")
     assert a.hash_of("simulation") == config_from_dict({"regime": "r"}).hash_of("simulation")
+
+
+def test_default_regime_cache_keys_unchanged():
+    """The keys of the default regime's dataset and Phase 1 checkpoint: a new simulation key at
+    its default must not orphan the caches (and studies) built before it existed."""
+    cfg = config_from_dict({})
+    assert cfg.hash_of("simulation") == "dda271e07c39"
+    assert cfg.hash_of("simulation", "model", "phase1") == "e40531e15873"
+
+
+@pytest.mark.parametrize("key,value", [("type_assignment", "random"),
+                                       ("type_proportions", [0.7, 0.3])])
+def test_type_keys_enter_the_hash_when_set(key, value):
+    a = config_from_dict({"regime": "r"})
+    b = config_from_dict({"regime": "r", "simulation": {key: value}})
+    assert a.hash_of("simulation") != b.hash_of("simulation")
+
+
+def test_default_regime_rejects_random_types():
+    assert _err({"simulation": {"type_assignment": "random"}}).startswith(
+        "simulation.type_assignment:")
 
 
 # ----------------------------------------------------------------------------- files
@@ -335,10 +363,13 @@ def test_every_named_regime_file_loads_for_every_slot():
 
     cfg_dir = ROOT / "experiments" / "configs"
     files = sorted((cfg_dir / "regimes").glob("*.yaml"))
-    assert {f.stem for f in files} >= {"phase1_short", "phase1_1200", "sim_seed_7"}
+    assert {f.stem for f in files} >= {"phase1_short", "phase1_1200", "sim_seed_7",
+                                       "four_types", "unequal_groups", "weak_laws"}
     for f in files:
         over = flatten(yaml.safe_load(f.read_text()))
         assert over["regime"] == f.stem, f
+        # off the default regime, a metabolite's index must say nothing of its type
+        assert over["simulation.type_assignment"] == "random", f
         for s in range(4):
             cfg = load_config(cfg_dir / f"slot{s}.yaml", over)
             assert cfg.regime == f.stem

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from metabolism.config import SimulationConfig
-from metabolism.network import generate_network, metabolite_types
+from metabolism.network import assign_types, generate_network, metabolite_types
 
 # (n_metabolites, n_reactions, n_types, cycle_length, max_metabolites_per_reaction, seed)
 CASES = [
@@ -157,6 +157,36 @@ def test_three_types_blocks():
     types = metabolite_types(90, 3)
     for t in range(3):
         np.testing.assert_array_equal(types[30 * t:30 * (t + 1)], t)
+
+
+@pytest.mark.parametrize("n,props,sizes", [(100, [0.7, 0.3], [70, 30]),
+                                           (10, [1, 1, 1], [4, 3, 3]),
+                                           (90, [1, 2, 3, 4], [9, 18, 27, 36])])
+def test_type_proportions(n, props, sizes):
+    types = metabolite_types(n, len(props), props)
+    assert np.bincount(types).tolist() == sizes
+    assert np.all(np.diff(types) >= 0)
+
+
+def test_random_assignment_permutes_the_blocks_only():
+    base = dict(n_metabolites=60, n_reactions=80, n_metabolite_types=3,
+                lambda_per_type=[0.001] * 3, baseline_per_type=[5.0] * 3, seed=4)
+    contiguous = SimulationConfig(**base)
+    random = SimulationConfig(**base, type_assignment="random")
+    s_a, t_a = generate_network(contiguous)
+    s_b, t_b = generate_network(random)
+    assert np.bincount(t_b.types).tolist() == np.bincount(t_a.types).tolist()
+    assert not np.all(np.diff(t_b.types) >= 0)  # no longer blocks of indices
+    # no index structure: each type is spread over the whole index range
+    for t in range(3):
+        idx = np.flatnonzero(t_b.types == t)
+        assert idx.min() < 15 and idx.max() > 45
+    # the same network, rates and seed stream otherwise
+    np.testing.assert_array_equal(s_a.S, s_b.S)
+    np.testing.assert_array_equal(t_a.log10_k, t_b.log10_k)
+    np.testing.assert_array_equal(assign_types(random), t_b.types)
+    other = SimulationConfig(**{**base, "seed": 5}, type_assignment="random")
+    assert not np.array_equal(assign_types(other), t_b.types)
 
 
 def test_same_seed_same_network_different_seed_differs():
