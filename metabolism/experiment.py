@@ -173,11 +173,17 @@ def ensure_phase1(cfg: Config, data_root: Path, progress: bool = True,
     return path, info
 
 
+# what Phase 1 learned: log10 k, MLP_sub, and the input scale MLP_sub was trained with
+PHASE1_CHECKPOINT_KEYS = MetabolismModel.PHASE1_PREFIXES + ("concentration_scale",)
+
+
 def load_phase1_model(path: Path, data: TrainingData, cfg: Config,
                       verified: bool = True) -> MetabolismModel:
-    """A model with Phase 1's tensors from the checkpoint and fresh MLP_node / embeddings.
-    The file is checked against its integrity record first (verified=False: only for
-    adopting a checkpoint written before records existed)."""
+    """A model with Phase 1's learned tensors from the checkpoint, the stoichiometry of `data`
+    (the checkpoint's copy is not read back: the network is the data's, in the data's
+    metabolite order) and fresh MLP_node / embeddings. The file is checked against its
+    integrity record first (verified=False: only for adopting a checkpoint written before
+    records existed)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: Phase 1 checkpoint missing")
     torch.manual_seed(cfg.training.seed)
@@ -189,9 +195,10 @@ def load_phase1_model(path: Path, data: TrainingData, cfg: Config,
     check_shapes(path, describe_arrays(state), shapes)
     if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
         raise CacheError(f"{path}: holds non-finite values")
-    keep = {k: v for k, v in state.items() if not k.startswith(MetabolismModel.PHASE2_PREFIXES)}
-    missing, unexpected = model.load_state_dict(keep, strict=False)
-    bad = [m for m in missing if not m.startswith(MetabolismModel.PHASE2_PREFIXES)]
+    keep = {k: v for k, v in state.items() if k.startswith(PHASE1_CHECKPOINT_KEYS)}
+    missing, _ = model.load_state_dict(keep, strict=False)
+    bad = [m for m in missing if m.startswith(PHASE1_CHECKPOINT_KEYS)]
+    unexpected = sorted(set(state) - set(model.state_dict()))
     if bad or unexpected:
         raise CacheError(f"{path}: checkpoint does not match the model (missing {bad}, "
                          f"unexpected {unexpected})")

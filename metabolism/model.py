@@ -62,7 +62,8 @@ class MetabolismModel(nn.Module):
         self.embeddings = nn.Parameter(cfg.embedding_init_std * torch.randn(n, cfg.embedding_dim))
         self.register_buffer("concentration_scale", torch.tensor(float(concentration_scale)))
         self.register_buffer("S", torch.as_tensor(stoich.S, dtype=torch.float32))
-        self.register_buffer("substrate_index", torch.as_tensor(stoich.substrate_index))
+        # a copy: the buffer must not alias (and let a state-dict load overwrite) the caller's data
+        self.register_buffer("substrate_index", torch.tensor(stoich.substrate_index))
         self.register_buffer("substrate_coeff",
                              torch.as_tensor(stoich.substrate_coeff, dtype=torch.float32))
         self._frozen_cache: FrozenReactions | None = None
