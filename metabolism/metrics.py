@@ -71,22 +71,43 @@ def sweep_node(node_fn, c_low: np.ndarray, c_high: np.ndarray, n_points: int) ->
     return SweepResult(slopes=slopes, offsets=offsets, low=c_low, high=c_high)
 
 
+# the metrics evaluated once per type t, logged as f"{name}_{t}"
+PER_TYPE_METRICS = ("MLP_node_slope", "MLP_node_offset", "MLP_node_gt_slope",
+                    "MLP_node_gt_offset", "MLP_node_slope_ratio", "MLP_node_offset_ratio")
+
+
+def per_type_metric_keys(n_types: int, names: tuple[str, ...] = PER_TYPE_METRICS) -> list[str]:
+    """The per-type metric names for n_types types, grouped by name: every table, log and
+    comparison lists per-type metrics through this, so none drops a type."""
+    return [f"{name}_{t}" for name in names for t in range(n_types)]
+
+
+def n_types_in(metrics: dict) -> int:
+    """How many types a run's metrics cover (0 for a failed run without them)."""
+    n = 0
+    while f"MLP_node_slope_ratio_{n}" in metrics:
+        n += 1
+    return n
+
+
 def slope_metrics(sweep: SweepResult, truth: GroundTruth) -> dict[str, float]:
-    out: dict[str, float] = {}
-    ratios = []
-    for t in range(len(truth.lambda_per_type)):
+    n_types = len(truth.lambda_per_type)
+    values: dict[str, list[float]] = {name: [] for name in PER_TYPE_METRICS}
+    for t in range(n_types):
         sel = truth.types == t
         lam, cb = truth.lambda_per_type[t], truth.baseline_per_type[t]
         slope, offset = float(sweep.slopes[sel].mean()), float(sweep.offsets[sel].mean())
-        gt_slope, gt_offset = -lam, lam * cb
-        out[f"MLP_node_slope_{t}"] = slope
-        out[f"MLP_node_offset_{t}"] = offset
-        out[f"MLP_node_gt_slope_{t}"] = float(gt_slope)
-        out[f"MLP_node_gt_offset_{t}"] = float(gt_offset)
-        out[f"MLP_node_slope_ratio_{t}"] = slope / gt_slope if gt_slope != 0 else float("nan")
-        out[f"MLP_node_offset_ratio_{t}"] = offset / gt_offset if gt_offset != 0 else float("nan")
-        ratios.append(out[f"MLP_node_slope_ratio_{t}"])
-    out["avg_slope_ratio"] = float(np.mean(ratios))
+        gt_slope, gt_offset = float(-lam), float(lam * cb)
+        values["MLP_node_slope"].append(slope)
+        values["MLP_node_offset"].append(offset)
+        values["MLP_node_gt_slope"].append(gt_slope)
+        values["MLP_node_gt_offset"].append(gt_offset)
+        values["MLP_node_slope_ratio"].append(slope / gt_slope if gt_slope != 0 else float("nan"))
+        values["MLP_node_offset_ratio"].append(
+            offset / gt_offset if gt_offset != 0 else float("nan"))
+    out = dict(zip(per_type_metric_keys(n_types),
+                   [v for name in PER_TYPE_METRICS for v in values[name]]))
+    out["avg_slope_ratio"] = float(np.mean(values["MLP_node_slope_ratio"]))
     return out
 
 

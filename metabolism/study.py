@@ -26,11 +26,27 @@ import numpy as np
 
 from metabolism.config import Config, ConfigError, LRSchedule, load_config
 from metabolism.files import write_text_atomically
+from metabolism.metrics import n_types_in, per_type_metric_keys
 from metabolism.verdict import classify_slope_ratio
 
-SUMMARY_METRICS = ["avg_slope_ratio", "MLP_node_slope_ratio_0", "MLP_node_slope_ratio_1",
-                   "embedding_cluster_acc", "embedding_n_clusters", "rate_constants_R2",
-                   "phase2_loss", "seconds"]
+
+def summary_metrics(n_types: int) -> list[str]:
+    """The metrics summarised per slot x variant, with a slope ratio for each of n_types."""
+    return ["avg_slope_ratio", *per_type_metric_keys(n_types, ("MLP_node_slope_ratio",)),
+            "embedding_cluster_acc", "embedding_n_clusters", "rate_constants_R2",
+            "phase2_loss", "seconds"]
+
+
+def run_columns(n_types: int) -> list[str]:
+    """The columns of the every-run table."""
+    return ["slot", "time_step", "variant", "seed", "status", "avg_slope_ratio",
+            *per_type_metric_keys(n_types, ("MLP_node_slope_ratio",)), "embedding_cluster_acc",
+            "embedding_n_clusters", "rate_constants_R2", "phase2_loss", "seconds", "error"]
+
+
+def n_types_of(rows: list[dict[str, Any]]) -> int:
+    """The number of types the study's runs were evaluated on (the most any row holds)."""
+    return max((n_types_in(r) for r in rows), default=0)
 
 
 @dataclass
@@ -300,13 +316,14 @@ def missing_cells(cells: list[Cell], kept: list[dict[str, Any]]) -> list[Cell]:
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and std per (slot, variant) of every summary metric over finished seeds."""
     out = []
+    metrics = summary_metrics(n_types_of(rows))
     keys = sorted({(r["slot"], r["variant"]) for r in rows})
     for slot, variant in keys:
         group = [r for r in rows if r["slot"] == slot and r["variant"] == variant]
         ok = [r for r in group if r["status"] == "FINISHED"]
         s: dict[str, Any] = {"slot": slot, "variant": variant, "runs": len(group),
                              "failed": len(group) - len(ok)}
-        for m in SUMMARY_METRICS:
+        for m in metrics:
             vals = np.array([float(r[m]) for r in ok if m in r], dtype=float)
             s[f"{m}_mean"] = float(vals.mean()) if len(vals) else math.nan
             s[f"{m}_std"] = float(vals.std()) if len(vals) else math.nan
@@ -330,24 +347,21 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-RUN_COLUMNS = ["slot", "time_step", "variant", "seed", "status", "avg_slope_ratio",
-               "MLP_node_slope_ratio_0", "MLP_node_slope_ratio_1", "embedding_cluster_acc",
-               "embedding_n_clusters", "rate_constants_R2", "phase2_loss", "seconds", "error"]
-
-
 def write_report(rows: list[dict[str, Any]], out_dir: Path, title: str,
                  header_lines: list[str]) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
+    n_types = n_types_of(rows)
+    columns = run_columns(n_types)
     sum_cols = ["slot", "variant", "runs", "failed", "converged"] + [
-        f"{m}_{k}" for m in SUMMARY_METRICS for k in ("mean", "std")]
+        f"{m}_{k}" for m in summary_metrics(n_types) for k in ("mean", "std")]
     md = [f"# {title}", "", *header_lines, "", "## Summary (mean and std over seeds)", "",
           markdown_table(summary, sum_cols), "", "## Every run", "",
-          markdown_table(rows, RUN_COLUMNS), ""]
+          markdown_table(rows, columns), ""]
     md_path = out_dir / "study.md"
     write_text_atomically(md_path, "\n".join(md))
     csv_path = out_dir / "study.csv"
-    fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in RUN_COLUMNS, k))
+    fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in columns, k))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from metabolism.config import SLOT_TIME_STEPS
 from metabolism.explore.tree import reward
+from metabolism.metrics import n_types_in, per_type_metric_keys
 
 
 class CompareError(ValueError):
@@ -79,8 +80,12 @@ def best_per_slot(rows: list[IterationRow]) -> dict[int, IterationRow]:
 def format_table(rows: list[IterationRow]) -> str:
     best = best_per_slot(rows)
     slots = sorted({r.slot for r in rows})
-    head = ("slot  time_step  runs  failed  crashed  best_node  avg_slope_ratio  slope_ratio_0  "
-            "slope_ratio_1  embedding_cluster_acc  rate_constants_R2  reward")
+    ratios = per_type_metric_keys(max((n_types_in(r.metrics) for r in rows), default=0),
+                                  ("MLP_node_slope_ratio",))
+    names = [k.replace("MLP_node_", "") for k in ratios]
+    head = ("slot  time_step  runs  failed  crashed  best_node  avg_slope_ratio  "
+            + "".join(f"{n:<15}" for n in names)
+            + "embedding_cluster_acc  rate_constants_R2  reward")
     lines = [head, "-" * len(head)]
     for s in slots:
         mine = [r for r in rows if r.slot == s]
@@ -91,9 +96,8 @@ def format_table(rows: list[IterationRow]) -> str:
         lines.append(
             f"{s:<4}  {SLOT_TIME_STEPS.get(s, '?'):<9}  {len(mine):<4}  {failed:<6}  {crashed:<7}  "
             f"{(b.node_id if b else '-')!s:<9}  {_num(m.get('avg_slope_ratio')):<15}  "
-            f"{_num(m.get('MLP_node_slope_ratio_0')):<13}  "
-            f"{_num(m.get('MLP_node_slope_ratio_1')):<13}  "
-            f"{_num(m.get('embedding_cluster_acc')):<21}  "
+            + "".join(f"{_num(m.get(k)):<15}" for k in ratios)
+            + f"{_num(m.get('embedding_cluster_acc')):<21}  "
             f"{_num(m.get('rate_constants_R2')):<17}  {_num(b.reward if b else None, '.3f')}")
     for s in slots:
         if s in best:

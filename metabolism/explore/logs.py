@@ -22,6 +22,7 @@ from metabolism.explore.mutation import (SHORT_NAMES, STRATEGY_NAMES, format_mut
                                          get_dotted, strategy_key, strategy_number)
 from metabolism.explore.tree import CONVERGED, FAILED, PARTIAL, Node, Tree, classify
 from metabolism.files import write_text_atomically
+from metabolism.metrics import n_types_in, per_type_metric_keys
 
 MEMORY_MAX_LINES = 300
 
@@ -43,19 +44,12 @@ def metrics_line(node: Node) -> str:
     if node.error is not None:
         return f"Metrics: none (run failed: {node.error})"
     m = node.metrics
-    keys = [("avg_slope_ratio", "avg_slope_ratio"), ("slope_ratio_0", "MLP_node_slope_ratio_0"),
-            ("offset_ratio_0", "MLP_node_offset_ratio_0"),
-            ("slope_ratio_1", "MLP_node_slope_ratio_1"),
-            ("offset_ratio_1", "MLP_node_offset_ratio_1"),
-            ("embedding_cluster_acc", "embedding_cluster_acc"),
-            ("embedding_n_clusters", "embedding_n_clusters"),
-            ("rate_constants_R2", "rate_constants_R2")]
-    return "Metrics: " + ", ".join(f"{name}={_num(m.get(key))}" for name, key in keys)
-
-
-def _types(metrics: dict) -> list[int]:
-    return sorted(int(k.rsplit("_", 1)[1]) for k in metrics
-                  if k.startswith("MLP_node_slope_ratio_") and k.rsplit("_", 1)[1].isdigit())
+    n = n_types_in(m)
+    per_type = per_type_metric_keys(n, ("MLP_node_slope_ratio", "MLP_node_offset_ratio"))
+    keys = ["avg_slope_ratio", *(k for t in range(n) for k in per_type[t::n]),  # type by type
+            "embedding_cluster_acc", "embedding_n_clusters", "rate_constants_R2"]
+    return "Metrics: " + ", ".join(f"{k.replace('MLP_node_', '')}={_num(m.get(k))}"
+                                   for k in keys)
 
 
 def visual_line(node: Node) -> str:
@@ -63,7 +57,7 @@ def visual_line(node: Node) -> str:
     if node.error is not None:
         return "Visual: no plots (run failed)"
     m = node.metrics
-    types = _types(m)
+    types = range(n_types_in(m))
     learned = "/".join(_num(m.get(f"MLP_node_slope_{t}"), ".2g") for t in types) or "n/a"
     gt = "/".join(_num(m.get(f"MLP_node_gt_slope_{t}"), ".2g") for t in types) or "n/a"
     magnitude = m.get("phase2_node_magnitude")
