@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,12 @@ from metabolism.files import replace_atomically, write_text_atomically
 from metabolism.integrity import (CacheError, NoRecord, cache_lock, check_shapes,
                                   describe_arrays, read_record, verify, write_record)
 from metabolism.metrics import (corrected_log10_k, dbscan_labels, evaluate, matched_types,
-                                node_fn_of, rate_constants_r2)
+                                node_fn_of, rate_constants_r2, residual_error_vs_truth)
 from metabolism.model import MetabolismModel
 from metabolism.observations import estimate_relative_noise
 from metabolism.network import GroundTruth
 from metabolism.phase1 import train_phase1
+from metabolism.phase1_quality import assess_phase1, phase2_residual
 from metabolism.phase2 import strategy_events, train_phase2
 from metabolism.verdict import classify_slope_ratio, targets_met
 
@@ -368,6 +370,13 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
         # tagged from the checkpoint as loaded and verified, not from what its info claims
         mlflow.set_tags({"phase1_checkpoint": file_hash(ckpt),
                          "phase1_rate_constants_R2": f"{phase1_r2(model, data, truth):.4f}"})
+        quality = assess_phase1(model, data)  # data only: the verdict a user gets
+        mlflow.set_tag("phase1_trust", quality.verdict)
+        if quality.verdict != "trusted":
+            print(f"WARNING: Phase 1 {quality.verdict}, do not trust this run's slopes: "
+                  f"{quality.reason}", file=sys.stderr, flush=True)
+        x_res, _, residual = phase2_residual(model, data)
+        phase1_gt = residual_error_vs_truth(x_res, residual, truth)  # the report's check only
         model = model.to(device=device, dtype=compute.training_dtype(cfg.compute))
         evaluator = _Evaluator(run_dir, data, truth, cfg, load_clean_concentrations(folder))
         noise_estimate = estimate_relative_noise(data.concentrations)
@@ -398,7 +407,8 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
                     evaluator.context(n))
             if result is None and (run_dir / "tmp_training").exists():
                 mlflow.log_artifacts(str(run_dir / "tmp_training"), "tmp_training")
-        metrics = {"phase2_loss": result.final_loss, **evaluator.metrics}
+        metrics = {"phase2_loss": result.final_loss, **evaluator.metrics, **quality.metrics(),
+                   **phase1_gt}
         header = {"run": run_name, "slot": str(cfg.slot),
                   "time_step": str(tr.homeostasis_time_step), "strategy": tr.strategies.label(),
                   "strategy_params": tr.strategies.describe(),
@@ -416,12 +426,14 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
                             f"min_samples={cfg.evaluation.dbscan_min_samples}",
                   "training_seconds": f"{result.seconds:.1f}",
                   "device": f"{device} ({compute.device_name(device)}), "
-                            f"{torch.get_num_threads()} torch threads"}
+                            f"{torch.get_num_threads()} torch threads",
+                  "phase1_trust": f"{quality.verdict} ({quality.reason})"}
         write_analysis_log(run_dir / "analysis.log", metrics, header)
         # the evaluation metrics were logged at the final update by the evaluator; logging them
         # again without a step would add a point at step 0 that never happened
         tracking.log_metrics_finite({"phase2_loss": result.final_loss},
                                     step=tr.data_augmentation_loop)
+        tracking.log_metrics_finite({**quality.metrics(), **phase1_gt})  # not the evaluator's
         _, truth_constants = split_ground_truth(metrics)
         tracking.log_params_flat({f"ground_truth.{k}": f"{v:.6g}"
                                   for k, v in truth_constants.items()})

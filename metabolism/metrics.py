@@ -111,6 +111,18 @@ def slope_metrics(sweep: SweepResult, truth: GroundTruth) -> dict[str, float]:
     return out
 
 
+def residual_error_vs_truth(x: np.ndarray, residual: np.ndarray,
+                            truth: GroundTruth) -> dict[str, float]:
+    """Phase 1's error in the Phase 2 residual, against the true law (evaluation side only):
+    median over metabolites of the robust spread (MAD sigma) of residual - (-lambda (c - cb)),
+    absolute and relative to the median spread of the true law over the data."""
+    err = residual + truth.lam * (x - truth.baseline)
+    mad = 1.4826 * np.median(np.abs(err - np.median(err, 0)), 0)
+    law = truth.lam * 1.4826 * np.median(np.abs(x - np.median(x, 0)), 0)
+    return {"phase1_residual_error_truth": float(np.median(mad)),
+            "phase1_residual_error_truth_relative": float(np.median(mad) / np.median(law))}
+
+
 # ----------------------------------------------------------------------------- embeddings
 
 

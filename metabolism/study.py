@@ -30,18 +30,23 @@ from metabolism.metrics import n_types_in, per_type_metric_keys
 from metabolism.verdict import classify_slope_ratio
 
 
+# beside rate_constants_R2: Phase 1's error in the residual (data only) and the trust verdict
+PHASE1_QUALITY_COLUMNS = ["phase1_law_error", "phase1_noise_to_signal", "phase1_trusted"]
+
+
 def summary_metrics(n_types: int) -> list[str]:
     """The metrics summarised per slot x variant, with a slope ratio for each of n_types."""
     return ["avg_slope_ratio", *per_type_metric_keys(n_types, ("MLP_node_slope_ratio",)),
             "embedding_cluster_acc", "embedding_n_clusters", "rate_constants_R2",
-            "phase2_loss", "seconds"]
+            *PHASE1_QUALITY_COLUMNS, "phase2_loss", "seconds"]
 
 
 def run_columns(n_types: int) -> list[str]:
     """The columns of the every-run table."""
     return ["slot", "time_step", "variant", "seed", "status", "avg_slope_ratio",
             *per_type_metric_keys(n_types, ("MLP_node_slope_ratio",)), "embedding_cluster_acc",
-            "embedding_n_clusters", "rate_constants_R2", "phase2_loss", "seconds", "error"]
+            "embedding_n_clusters", "rate_constants_R2", *PHASE1_QUALITY_COLUMNS, "phase2_loss",
+            "seconds", "error"]
 
 
 def n_types_of(rows: list[dict[str, Any]]) -> int:

@@ -364,7 +364,7 @@ def test_every_named_regime_file_loads_for_every_slot():
     cfg_dir = ROOT / "experiments" / "configs"
     files = sorted((cfg_dir / "regimes").glob("*.yaml"))
     assert {f.stem for f in files} >= {"phase1_short", "phase1_1200", "sim_seed_7",
-                                       "four_types", "unequal_groups", "weak_laws"}
+                                       "four_types", "unequal_groups", "weak_laws", "phase1_hard"}
     for f in files:
         over = flatten(yaml.safe_load(f.read_text()))
         assert over["regime"] == f.stem, f

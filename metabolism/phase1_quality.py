@@ -1,0 +1,144 @@
+"""How far the frozen Phase 1 can be trusted, measured in the residual Phase 2 learns from.
+
+Phase 2 fits MLP_node to r_i(t) = dc_i/dt - (frozen reactions)_i: metabolite i's homeostatic
+law (a function of c_i) plus Phase 1's error. `rate_constants_R2` does not show that error (it
+moves 0.981 -> 0.975 while the residual gets 4.5x noisier). The data hold a reference that
+Phase 1 cannot touch: every conserved quantity m of the network (m^T S = 0, from S alone; the
+total amount when every reaction conserves mass) changes only through homeostasis,
+
+    m^T dc/dt = sum_i m_i h_i(c_i),
+
+whatever the reaction rates. Regressing m^T dc/dt on the concentrations gives each
+metabolite's homeostatic slope a_i without Phase 1 (exact for a linear law in noise-free
+data). Against it, gauge-free and without labels, lambda or cb:
+
+- law_error: median over metabolites of |slope of r_i against c_i - a_i|, relative to the
+  median |a_i|: how wrong the law is that the residual teaches Phase 2 (bias and scatter);
+- noise_to_signal: median over metabolites of the spread of r_i - a_i c_i (Phase 1's error,
+  MAD sigma) over the spread of a_i c_i over the data (the signal to reveal).
+
+A network with no conserved quantity has no such reference: the measures are NaN and the
+verdict is "unknown".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kernels.reference import reaction_dcdt
+from metabolism.data import TrainingData
+
+N_BINS = 8
+# The residual's per-metabolite law may be off by at most the half-width of the slope-ratio
+# target band (0.8-1.2): beyond it, Phase 2's slopes are set by Phase 1's error, not the data.
+MAX_LAW_ERROR = 0.2
+
+
+@dataclass
+class Phase1Quality:
+    law_error: float  # median |residual slope - conserved-total slope| / median |slope|
+    noise_to_signal: float  # median over metabolites of Phase 1's error / the law's spread
+    residual_noise: float  # median over metabolites of Phase 1's error in r_i (MAD sigma)
+    n_conserved: int  # conserved quantities of S the reference is built from
+
+    @property
+    def verdict(self) -> str:
+        if not np.isfinite(self.law_error):
+            return "unknown"
+        return "trusted" if self.law_error <= MAX_LAW_ERROR else "untrusted"
+
+    @property
+    def reason(self) -> str:
+        if self.verdict == "unknown":
+            return "S conserves no quantity: no Phase-1-free reference for the law"
+        return (f"the residual's per-metabolite slopes are off by {self.law_error:.2f} of the "
+                f"law the conserved totals show (limit {MAX_LAW_ERROR:g}); Phase 1's error is "
+                f"{self.noise_to_signal:.1f}x the homeostatic signal")
+
+    def metrics(self) -> dict[str, float]:
+        return {"phase1_law_error": self.law_error,
+                "phase1_noise_to_signal": self.noise_to_signal,
+                "phase1_residual_noise": self.residual_noise,
+                "phase1_trusted": {"trusted": 1.0, "untrusted": 0.0}.get(self.verdict, np.nan)}
+
+
+def mad_sigma(a: np.ndarray, axis: int = 0) -> np.ndarray:
+    med = np.median(a, axis=axis, keepdims=True)
+    return 1.4826 * np.median(np.abs(a - med), axis=axis)
+
+
+def conserved_quantities(S: np.ndarray) -> np.ndarray:
+    """An orthonormal basis (N, K) of {m : m^T S = 0}; K = 0 when nothing is conserved."""
+    u, s, _ = np.linalg.svd(S)
+    rank = int((s > s.max(initial=0.0) * max(S.shape) * np.finfo(float).eps).sum())
+    return u[:, rank:]
+
+
+def conserved_law_slopes(x: np.ndarray, dcdt: np.ndarray, S: np.ndarray) -> np.ndarray | None:
+    """a_i from m_k^T dc/dt(t) = sum_i m_ki (a_i c_i(t)) + const_k, least squares over all
+    frames and conserved m_k; None when there is no m_k or the frames do not determine a."""
+    M = conserved_quantities(S)
+    n, k = M.shape
+    if k == 0:
+        return None
+    rows = [np.hstack([x * M[:, j], np.eye(k)[j][None, :].repeat(len(x), 0)]) for j in range(k)]
+    design, target = np.vstack(rows), np.concatenate([dcdt @ M[:, j] for j in range(k)])
+    sol, _, rank, _ = np.linalg.lstsq(design, target, rcond=None)
+    return sol[:n] if rank == n + k else None
+
+
+def own_concentration_slopes(x: np.ndarray, r: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
+    """Per metabolite, the slope of the line through the medians of r_i in quantile bins of
+    c_i (robust to Phase 1's heavy-tailed error); x, r are (F, N)."""
+    slope = np.zeros(x.shape[1])
+    for i in range(x.shape[1]):
+        edges = np.quantile(x[:, i], np.linspace(0, 1, n_bins + 1))
+        which = np.clip(np.searchsorted(edges, x[:, i], side="right") - 1, 0, n_bins - 1)
+        bins = [which == b for b in range(n_bins) if (which == b).any()]
+        cx = np.array([np.median(x[sel, i]) for sel in bins])
+        cy = np.array([np.median(r[sel, i]) for sel in bins])
+        if len(cx) >= 2 and np.ptp(cx) > 0:
+            slope[i] = np.polyfit(cx, cy, 1, w=np.sqrt([sel.sum() for sel in bins]))[0]
+    return slope
+
+
+def finite_differences(data: TrainingData) -> tuple[np.ndarray, np.ndarray]:
+    """(c_t, (c_{t+1} - c_t) / dt) in float64 over the unclamped transitions: the conserved
+    totals change by ~1e-3 per unit time, below float32's resolution of the differences."""
+    c = data.concentrations
+    keep = (c[1:] > 0).all(1)
+    return c[:-1][keep], ((c[1:] - c[:-1]) / data.delta_t)[keep]
+
+
+def phase2_residual(model, data: TrainingData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(c_t, dc/dt, r_t): the frames and the residual Phase 2 learns from, float64 (F', N)."""
+    x, y = finite_differences(data)
+    with torch.no_grad():
+        fr = model.frozen_reactions()
+        xt = torch.as_tensor(x, dtype=torch.float32)
+        reaction = torch.cat([reaction_dcdt(xc, fr) for xc in xt.split(512)])
+    return x, y, y - reaction.double().numpy()
+
+
+def assess_residual(x: np.ndarray, dcdt: np.ndarray, residual: np.ndarray,
+                    S: np.ndarray) -> Phase1Quality:
+    """The verdict on a residual (F, N) of the frames x with finite differences dcdt."""
+    n_conserved = conserved_quantities(S).shape[1]
+    a = conserved_law_slopes(x, dcdt, S)
+    if a is None:
+        return Phase1Quality(np.nan, np.nan, float(np.median(mad_sigma(residual))), n_conserved)
+    noise = mad_sigma(residual - a * x)
+    signal = np.abs(a) * mad_sigma(x)
+    law = own_concentration_slopes(x, residual)
+    return Phase1Quality(
+        law_error=float(np.median(np.abs(law - a)) / max(float(np.median(np.abs(a))), 1e-300)),
+        noise_to_signal=float(np.median(noise / np.maximum(signal, 1e-300))),
+        residual_noise=float(np.median(noise)), n_conserved=n_conserved)
+
+
+def assess_phase1(model, data: TrainingData) -> Phase1Quality:
+    """The trust verdict on a frozen Phase 1 model, from the training data alone."""
+    return assess_residual(*phase2_residual(model, data), data.stoich.S)

@@ -1,0 +1,80 @@
+"""The Phase 1 trust measure: its Phase-1-free reference, its verdicts, and where it shows.
+
+The reference (each metabolite's homeostatic slope from the conserved totals) must be exact
+on simulated data; a residual equal to the true law is trusted, one whose law is 0.7x the
+truth (what Phase 1 without drift correction leaves) or buried in noise is not; the quick
+regime, whose Phase 1 error is ~46x the homeostatic law (ground truth, evaluation side), is
+flagged in analysis.log, as an MLflow tag and on the console.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from metabolism.cli import QUICK_OVERRIDES
+from metabolism.config import load_config
+from metabolism.data import ensure_dataset, load_ground_truth, load_training_data
+from metabolism.experiment import read_analysis_log, run_phase2
+from metabolism.phase1_quality import (MAX_LAW_ERROR, assess_residual, conserved_law_slopes,
+                                       conserved_quantities, finite_differences)
+
+
+@pytest.fixture(scope="module")
+def quick_data(tmp_path_factory):
+    cfg = load_config("slot0", dict(QUICK_OVERRIDES))
+    folder = ensure_dataset(cfg, tmp_path_factory.mktemp("data"))
+    data, truth = load_training_data(folder), load_ground_truth(folder)
+    x, y = finite_differences(data)
+    return cfg, data, truth, x, y
+
+
+def test_conserved_totals_give_every_metabolites_law(quick_data):
+    _, data, truth, x, y = quick_data
+    M = conserved_quantities(data.stoich.S)
+    assert M.shape[1] >= 1 and np.abs(M.T @ data.stoich.S).max() < 1e-10
+    a = conserved_law_slopes(x, y, data.stoich.S)
+    np.testing.assert_allclose(a, -truth.lam, rtol=1e-6)
+
+
+def test_no_conserved_quantity_means_no_verdict(quick_data):
+    _, data, truth, x, y = quick_data
+    S = np.eye(x.shape[1])  # every metabolite made and consumed alone: nothing conserved
+    q = assess_residual(x, y, y, S)
+    assert q.verdict == "unknown" and np.isnan(q.law_error)
+
+
+def test_verdicts_on_known_residuals(quick_data):
+    _, data, truth, x, y = quick_data
+    law = -truth.lam * (x - truth.baseline)
+    exact = assess_residual(x, y, law, data.stoich.S)
+    assert exact.verdict == "trusted" and exact.law_error < 1e-6
+    biased = assess_residual(x, y, 0.7 * law, data.stoich.S)  # k absorbed 30% of the drift
+    assert biased.verdict == "untrusted" and biased.law_error == pytest.approx(0.3, abs=0.01)
+    rng = np.random.default_rng(0)
+    spread = np.median(truth.lam * x.std(0))
+    noisy = assess_residual(x, y, law + rng.standard_t(3, x.shape) * 20 * spread,
+                            data.stoich.S)
+    assert noisy.verdict == "untrusted" and noisy.noise_to_signal > 5
+    mild = assess_residual(x, y, law + rng.normal(0, 0.5 * spread, x.shape), data.stoich.S)
+    assert mild.verdict == "trusted" and mild.law_error < MAX_LAW_ERROR
+
+
+def test_quick_run_is_flagged_everywhere(tmp_path, mlflow_uri, capfd):
+    import mlflow
+
+    cfg = load_config("slot0", {**QUICK_OVERRIDES, "training.data_augmentation_loop": 4})
+    res = run_phase2(cfg, runs_root=tmp_path / "runs", data_root=tmp_path / "data",
+                     progress=False, quiet=True)
+    err = capfd.readouterr().err
+    assert "WARNING: Phase 1 untrusted" in err
+    log = (res.run_dir / "analysis.log").read_text()
+    assert "# phase1_trust: untrusted (" in log
+    values = read_analysis_log(res.run_dir / "analysis.log")
+    assert values["phase1_trusted"] == 0.0 and values["phase1_law_error"] > MAX_LAW_ERROR
+    # the ground-truth check of the report agrees: Phase 1's error dwarfs the law here
+    assert values["phase1_residual_error_truth_relative"] > 5
+    run = mlflow.tracking.MlflowClient().get_run(res.mlflow_run_id)
+    assert run.data.tags["phase1_trust"] == "untrusted"
+    assert run.data.metrics["phase1_law_error"] == pytest.approx(values["phase1_law_error"],
+                                                                 rel=1e-5)
