@@ -111,6 +111,9 @@ class ResidualSupervision:
 
     loss "huber" bounds the pull of the rare frames where Phase 1's error is large (they are
     heavy-tailed); huber_scale is the quadratic zone in units of each metabolite's residual MAD.
+    target "conserved_law" replaces each metabolite's residual by the line a_i c + b_i: a_i from
+    the network's conserved totals (metabolism.conservation, free of Phase 1's error), b_i the
+    median of residual - a_i c; "residual" (the seed's) keeps the residual as it is.
     """
 
     enabled: bool = False
@@ -125,6 +128,7 @@ class ResidualSupervision:
     window: int = 0  # frames; 0 = the slot's homeostasis_time_step
     savgol_window: int = 0  # frames, odd; 0 = chosen from the estimated noise level
     savgol_polyorder: int = 3
+    target: str = "residual"
 
 
 @dataclass
@@ -495,6 +499,8 @@ def _check_strategies(st: StrategiesConfig) -> None:
     need(rs.loss in ("mse", "huber"), f"{pre}.residual_supervision.loss",
          "must be 'mse' or 'huber'")
     need(rs.huber_scale > 0, f"{pre}.residual_supervision.huber_scale", "must be > 0")
+    need(rs.target in ("residual", "conserved_law"), f"{pre}.residual_supervision.target",
+         "must be 'residual' or 'conserved_law'")
     am = st.amplification
     need(am.factor > 0, f"{pre}.amplification.factor", "must be > 0")
     _check_fractions(am, f"{pre}.amplification", ("anneal_start", "anneal_end"))

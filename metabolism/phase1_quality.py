@@ -2,15 +2,9 @@
 
 Phase 2 fits MLP_node to r_i(t) = dc_i/dt - (frozen reactions)_i: metabolite i's homeostatic
 law (a function of c_i) plus Phase 1's error. `rate_constants_R2` does not show that error (it
-moves 0.981 -> 0.975 while the residual gets 4.5x noisier). The data hold a reference that
-Phase 1 cannot touch: every conserved quantity m of the network (m^T S = 0, from S alone; the
-total amount when every reaction conserves mass) changes only through homeostasis,
-
-    m^T dc/dt = sum_i m_i h_i(c_i),
-
-whatever the reaction rates. Regressing m^T dc/dt on the concentrations gives each
-metabolite's homeostatic slope a_i without Phase 1 (exact for a linear law in noise-free
-data). Against it, gauge-free and without labels, lambda or cb:
+moves 0.981 -> 0.975 while the residual gets 4.5x noisier). The network's conserved totals
+(metabolism.conservation) give each metabolite's homeostatic slope a_i without Phase 1; against
+it, gauge-free and without labels, lambda or cb:
 
 - law_error: median over metabolites of |slope of r_i against c_i - a_i|, relative to the
   median |a_i|: how wrong the law is that the residual teaches Phase 2 (bias and scatter);
@@ -29,6 +23,7 @@ import numpy as np
 import torch
 
 from kernels.reference import reaction_dcdt
+from metabolism.conservation import conserved_law_slopes, conserved_quantities, finite_differences
 from metabolism.data import TrainingData
 
 N_BINS = 8
@@ -70,26 +65,6 @@ def mad_sigma(a: np.ndarray, axis: int = 0) -> np.ndarray:
     return 1.4826 * np.median(np.abs(a - med), axis=axis)
 
 
-def conserved_quantities(S: np.ndarray) -> np.ndarray:
-    """An orthonormal basis (N, K) of {m : m^T S = 0}; K = 0 when nothing is conserved."""
-    u, s, _ = np.linalg.svd(S)
-    rank = int((s > s.max(initial=0.0) * max(S.shape) * np.finfo(float).eps).sum())
-    return u[:, rank:]
-
-
-def conserved_law_slopes(x: np.ndarray, dcdt: np.ndarray, S: np.ndarray) -> np.ndarray | None:
-    """a_i from m_k^T dc/dt(t) = sum_i m_ki (a_i c_i(t)) + const_k, least squares over all
-    frames and conserved m_k; None when there is no m_k or the frames do not determine a."""
-    M = conserved_quantities(S)
-    n, k = M.shape
-    if k == 0:
-        return None
-    rows = [np.hstack([x * M[:, j], np.eye(k)[j][None, :].repeat(len(x), 0)]) for j in range(k)]
-    design, target = np.vstack(rows), np.concatenate([dcdt @ M[:, j] for j in range(k)])
-    sol, _, rank, _ = np.linalg.lstsq(design, target, rcond=None)
-    return sol[:n] if rank == n + k else None
-
-
 def own_concentration_slopes(x: np.ndarray, r: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
     """Per metabolite, the slope of the line through the medians of r_i in quantile bins of
     c_i (robust to Phase 1's heavy-tailed error); x, r are (F, N)."""
@@ -103,14 +78,6 @@ def own_concentration_slopes(x: np.ndarray, r: np.ndarray, n_bins: int = N_BINS)
         if len(cx) >= 2 and np.ptp(cx) > 0:
             slope[i] = np.polyfit(cx, cy, 1, w=np.sqrt([sel.sum() for sel in bins]))[0]
     return slope
-
-
-def finite_differences(data: TrainingData) -> tuple[np.ndarray, np.ndarray]:
-    """(c_t, (c_{t+1} - c_t) / dt) in float64 over the unclamped transitions: the conserved
-    totals change by ~1e-3 per unit time, below float32's resolution of the differences."""
-    c = data.concentrations
-    keep = (c[1:] > 0).all(1)
-    return c[:-1][keep], ((c[1:] - c[:-1]) / data.delta_t)[keep]
 
 
 def phase2_residual(model, data: TrainingData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

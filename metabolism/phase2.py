@@ -110,6 +110,8 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
     if st.residual_supervision.enabled or reassign:
         res_x, res_y, result.residual_targets = strat.residual_targets_for(
             model, conc, dt, substeps, st, T)
+        if st.residual_supervision.target == "conserved_law":
+            res_y = strat.conserved_law_targets(data, res_x, res_y)
     if st.residual_supervision.enabled:
         res_scale = strat.residual_scale(res_y)
     if st.contrastive.enabled:

@@ -14,6 +14,8 @@ import torch
 from kernels import reaction_dcdt
 from metabolism import observations as obs
 from metabolism.config import StrategiesConfig
+from metabolism.conservation import conserved_law_slopes, finite_differences
+from metabolism.data import TrainingData
 
 
 # 1. residual supervision ---------------------------------------------------------------
@@ -108,6 +110,22 @@ def residual_targets_for(model, concentrations: torch.Tensor, delta_t: float,
     else:  # one interval of k Euler steps, with the Euler-consistent end-point weights
         x, y = window_residual_targets(model, concentrations, delta_t, observe_every, 1)
     return x, y, "difference"
+
+
+def conserved_law_targets(data: TrainingData, x: torch.Tensor,
+                          residual: torch.Tensor) -> torch.Tensor:
+    """Each metabolite's residual replaced by its line a_i c + b_i over the frames x.
+
+    a_i comes from the conserved totals (no Phase 1 error enters it), b_i is the median of
+    residual_i - a_i c_i (Phase 1's error enters only through a median). The residual is
+    returned unchanged when S conserves nothing or the frames do not determine a.
+    """
+    a = conserved_law_slopes(*finite_differences(data), data.stoich.S)
+    if a is None:
+        return residual
+    a = torch.as_tensor(a, dtype=residual.dtype, device=residual.device)
+    b = (residual - a * x).median(0).values
+    return a * x + b
 
 
 def residual_scale(residual: torch.Tensor) -> torch.Tensor:

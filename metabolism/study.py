@@ -77,6 +77,7 @@ VARIANTS = {  # overrides on top of each slot config: ablations of what it enabl
     "no_reassign": {"training.strategies.contrastive.reassign_at": []},
     "no_gradient_isolation": {"training.strategies.gradient_isolation.enabled": False},
     "no_lr_schedule": {"training.strategies.lr_schedule.enabled": False},
+    "conserved_law": {"training.strategies.residual_supervision.target": "conserved_law"},
     "amplification": {"training.strategies.amplification.enabled": True},
     # residual targets on noisy data (the slot configs' "auto" picks windows of the slot's T)
     "residual_difference": {"training.strategies.residual_supervision.targets": "difference"},

@@ -94,6 +94,8 @@ def test_float_from_yaml_string():
      "training.learning_rate_embedding_homeostasis"),
     ({"regime": "x", "simulation": {"lambda_per_type": [0.1]}}, "simulation.lambda_per_type"),
     ({"regime": "x", "simulation": {"n_metabolite_types": 3}}, "simulation.lambda_per_type"),
+    ({"training": {"strategies": {"residual_supervision": {"target": "truth"}}}},
+     "training.strategies.residual_supervision.target"),
     ({"regime": "x", "simulation": {"type_assignment": "shuffled"}},
      "simulation.type_assignment"),
     ({"regime": "x", "simulation": {"type_proportions": [0.7]}}, "simulation.type_proportions"),

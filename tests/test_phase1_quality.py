@@ -16,8 +16,9 @@ from metabolism.cli import QUICK_OVERRIDES
 from metabolism.config import load_config
 from metabolism.data import ensure_dataset, load_ground_truth, load_training_data
 from metabolism.experiment import read_analysis_log, run_phase2
-from metabolism.phase1_quality import (MAX_LAW_ERROR, assess_residual, conserved_law_slopes,
-                                       conserved_quantities, finite_differences)
+from metabolism.conservation import (conserved_law_slopes, conserved_quantities,
+                                     finite_differences)
+from metabolism.phase1_quality import MAX_LAW_ERROR, assess_residual
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +79,22 @@ def test_quick_run_is_flagged_everywhere(tmp_path, mlflow_uri, capfd):
     assert run.data.tags["phase1_trust"] == "untrusted"
     assert run.data.metrics["phase1_law_error"] == pytest.approx(values["phase1_law_error"],
                                                                  rel=1e-5)
+
+
+def test_conserved_law_targets_are_the_true_lines_when_phase1_is_off(quick_data):
+    """Strategy target 'conserved_law': each metabolite's residual becomes a_i c + b_i with a_i
+    from the conserved totals, so a residual whose law Phase 1 shrank to 0.7x (plus heavy
+    noise) still yields the true slopes; the offsets come from a median of the residual."""
+    import torch
+
+    from metabolism.strategies import conserved_law_targets
+
+    _, data, truth, x, _ = quick_data
+    law = -truth.lam * (x - truth.baseline)
+    noise = np.random.default_rng(1).standard_t(3, x.shape) * 1e-3
+    xt = torch.as_tensor(x)
+    targets = conserved_law_targets(data, xt, torch.as_tensor(0.7 * law + noise)).numpy()
+    slopes = (targets[1] - targets[0]) / (x[1] - x[0])
+    np.testing.assert_allclose(slopes, -truth.lam, rtol=1e-6)
+    exact = conserved_law_targets(data, xt, torch.as_tensor(law)).numpy()
+    np.testing.assert_allclose(exact, law, atol=1e-9)
