@@ -433,7 +433,9 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
         # again without a step would add a point at step 0 that never happened
         tracking.log_metrics_finite({"phase2_loss": result.final_loss},
                                     step=tr.data_augmentation_loop)
-        tracking.log_metrics_finite({**quality.metrics(), **phase1_gt})  # not the evaluator's
+        # measured once, before training; logged with the final evaluation's step
+        tracking.log_metrics_finite({**quality.metrics(), **phase1_gt},
+                                    step=tr.data_augmentation_loop)
         _, truth_constants = split_ground_truth(metrics)
         tracking.log_params_flat({f"ground_truth.{k}": f"{v:.6g}"
                                   for k, v in truth_constants.items()})
