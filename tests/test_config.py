@@ -370,8 +370,10 @@ def test_every_named_regime_file_loads_for_every_slot():
     for f in files:
         over = flatten(yaml.safe_load(f.read_text()))
         assert over["regime"] == f.stem, f
-        # off the default regime, a metabolite's index must say nothing of its type
-        assert over["simulation.type_assignment"] == "random", f
+        # off the default regime, a metabolite's index must say nothing of its type (the
+        # observation-noise regimes keep the default network as it is measured in docs/)
+        if not f.stem.startswith(("noise_", "sparse_")):
+            assert over["simulation.type_assignment"] == "random", f
         for s in range(4):
             cfg = load_config(cfg_dir / f"slot{s}.yaml", over)
             assert cfg.regime == f.stem
