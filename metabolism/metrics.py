@@ -16,6 +16,7 @@ from sklearn.cluster import DBSCAN
 from sklearn.metrics import silhouette_score
 
 from metabolism.config import EvaluationConfig
+from metabolism.metric_keys import PER_TYPE_METRICS, n_types_in, per_type_metric_keys  # noqa: F401
 from metabolism.network import GroundTruth, Stoichiometry
 
 
@@ -72,24 +73,6 @@ def sweep_node(node_fn, c_low: np.ndarray, c_high: np.ndarray, n_points: int) ->
 
 
 # the metrics evaluated once per type t, logged as f"{name}_{t}"
-PER_TYPE_METRICS = ("MLP_node_slope", "MLP_node_offset", "MLP_node_gt_slope",
-                    "MLP_node_gt_offset", "MLP_node_slope_ratio", "MLP_node_offset_ratio")
-
-
-def per_type_metric_keys(n_types: int, names: tuple[str, ...] = PER_TYPE_METRICS) -> list[str]:
-    """The per-type metric names for n_types types, grouped by name: every table, log and
-    comparison lists per-type metrics through this, so none drops a type."""
-    return [f"{name}_{t}" for name in names for t in range(n_types)]
-
-
-def n_types_in(metrics: dict) -> int:
-    """How many types a run's metrics cover (0 for a failed run without them)."""
-    n = 0
-    while f"MLP_node_slope_ratio_{n}" in metrics:
-        n += 1
-    return n
-
-
 def slope_metrics(sweep: SweepResult, truth: GroundTruth) -> dict[str, float]:
     n_types = len(truth.lambda_per_type)
     values: dict[str, list[float]] = {name: [] for name in PER_TYPE_METRICS}

@@ -26,7 +26,7 @@ import numpy as np
 
 from metabolism.config import Config, ConfigError, LRSchedule, load_config
 from metabolism.files import write_text_atomically
-from metabolism.metrics import n_types_in, per_type_metric_keys
+from metabolism.metric_keys import n_types_in, per_type_metric_keys
 from metabolism.verdict import classify_slope_ratio
 
 

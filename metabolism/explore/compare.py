@@ -12,7 +12,7 @@ from pathlib import Path
 
 from metabolism.config import SLOT_TIME_STEPS
 from metabolism.explore.tree import reward
-from metabolism.metrics import n_types_in, per_type_metric_keys
+from metabolism.metric_keys import n_types_in, per_type_metric_keys
 
 
 class CompareError(ValueError):

@@ -22,7 +22,7 @@ from metabolism.explore.mutation import (SHORT_NAMES, STRATEGY_NAMES, format_mut
                                          get_dotted, strategy_key, strategy_number)
 from metabolism.explore.tree import CONVERGED, FAILED, PARTIAL, Node, Tree, classify
 from metabolism.files import write_text_atomically
-from metabolism.metrics import n_types_in, per_type_metric_keys
+from metabolism.metric_keys import n_types_in, per_type_metric_keys
 
 MEMORY_MAX_LINES = 300
 
