@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         check_runner(args.runner)
         # parallel runs draw no bars (they would garble each other); the loop prints a line
         # per round and per finished iteration instead
-        export_run_options(data_root=args.data_root, runs_root=args.runs_root,
-                           progress=not args.no_progress and args.backend == "inline")
+        run_options = export_run_options(data_root=args.data_root, runs_root=args.runs_root,
+                                         progress=not args.no_progress and args.backend == "inline")
         given = dict(parse_override(o) for o in args.override)  # a resume must repeat them
         overrides = {**compute_overrides(args), **given}
         study_dir = args.studies_root / args.study
@@ -87,7 +87,12 @@ def main(argv: list[str] | None = None) -> int:
                                  ucb_c=args.ucb_c, base_configs=base, experiment=experiment,
                                  track=not args.no_mlflow, overrides=given)
         settings.validate()
-        backend = make_backend(args.backend, args.address, args.workers)
+        ray_env = None
+        if args.backend == "ray":  # Ray workers inherit no environment: hand them the run
+            from metabolism.tracking import tracking_uri  # options and the driver's store
+
+            ray_env = {"env_vars": {**run_options, "MLFLOW_TRACKING_URI": tracking_uri()}}
+        backend = make_backend(args.backend, args.address, args.workers, runtime_env=ray_env)
         agent = AgentHook(args.agent_command, args.agent_timeout) if args.agent_command else None
         study = Study(settings, study_dir, runner=args.runner, backend=backend, agent=agent,
                       instructions=args.instructions)

@@ -45,3 +45,36 @@ def test_ray_backend_runs_each_slot_as_a_task(tmp_path):
 def test_ray_backend_needs_an_address():
     with pytest.raises(BackendError, match="--address is required"):
         RayBackend(None)
+
+
+def test_ray_backend_gets_the_run_options_and_store_explicitly(tmp_path, monkeypatch):
+    """Ray workers on other machines inherit no environment, so explore.py must hand the data
+    and runs roots and the tracking store to the Ray backend as runtime_env (no ray needed:
+    the backend factory is replaced by one that records what it was given)."""
+    import importlib.util
+
+    from explore_helpers import write_slot_yamls
+    from metabolism.explore.backends import BackendError
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("explore_cli_ray", root / "experiments" / "explore.py")
+    explore = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(explore)
+    seen = {}
+
+    def fake_backend(name, address, workers, runtime_env=None):
+        seen.update(name=name, runtime_env=runtime_env)
+        raise BackendError("stop here")
+
+    monkeypatch.setattr(explore, "make_backend", fake_backend)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    rc = explore.main(["--study", "r", "--iterations", "4", "--block-size", "4", "--backend",
+                       "ray", "--address", "auto", "--config-dir",
+                       str(write_slot_yamls(tmp_path / "cfg")), "--studies-root",
+                       str(tmp_path / "s"), "--data-root", str(tmp_path / "d"),
+                       "--runs-root", str(tmp_path / "r"), "--no-mlflow"])
+    assert rc == 2 and seen["name"] == "ray"
+    env = seen["runtime_env"]["env_vars"]
+    assert env["METABOLISM_DATA_ROOT"] == str((tmp_path / "d").resolve())
+    assert env["METABOLISM_RUNS_ROOT"] == str((tmp_path / "r").resolve())
+    assert env["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/m.db"

@@ -59,10 +59,14 @@ RUN_OPTION_ENV = {"data_root": "METABOLISM_DATA_ROOT", "runs_root": "METABOLISM_
                   "progress": "METABOLISM_PROGRESS"}
 
 
-def export_run_options(*, data_root: Path, runs_root: Path, progress: bool) -> None:
-    os.environ[RUN_OPTION_ENV["data_root"]] = str(Path(data_root).resolve())
-    os.environ[RUN_OPTION_ENV["runs_root"]] = str(Path(runs_root).resolve())
-    os.environ[RUN_OPTION_ENV["progress"]] = "1" if progress else "0"
+def export_run_options(*, data_root: Path, runs_root: Path, progress: bool) -> dict[str, str]:
+    """Set the run options in this process's environment (pool workers inherit it) and return
+    them, for backends whose workers do not inherit it (Ray: pass them as runtime_env)."""
+    options = {RUN_OPTION_ENV["data_root"]: str(Path(data_root).resolve()),
+               RUN_OPTION_ENV["runs_root"]: str(Path(runs_root).resolve()),
+               RUN_OPTION_ENV["progress"]: "1" if progress else "0"}
+    os.environ.update(options)
+    return options
 
 
 def phase2_runner(cfg: Config, parent_run_id: str | None, extra_tags: dict[str, str]):
