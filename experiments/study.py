@@ -49,7 +49,9 @@ def regime_overrides(path: str | None) -> dict:
 
 def dead_cells(experiment_id: str) -> set[str]:
     """End the runs of workers that died (KILLED) and return their `cell` tags."""
-    client = mlflow.tracking.MlflowClient()
+    from metabolism import tracking  # imported here, not at the top: keeps --help fast
+
+    client = tracking.client()
     return {client.get_run(r).data.tags.get("cell", "")
             for r in tracking.reap_orphaned_runs(experiment_id, client)}
 
@@ -161,6 +163,8 @@ def main() -> None:
         finally:  # interrupted or not, the table holds every run that ended
             if ray_backend is not None:
                 ray_backend.close()
+            # a worker stopped by SIGKILL (it ignored SIGTERM) cannot end its own run
+            dead_cells(parent.info.experiment_id)
             md, csv_path = write_table()
             mlflow.log_artifact(str(md))
             mlflow.log_artifact(str(csv_path))

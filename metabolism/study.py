@@ -8,19 +8,22 @@ finishes, and running the same study again runs only the cells without a finishe
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import json
 import math
 import multiprocessing as mp
+import signal
+import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -191,46 +194,70 @@ def _run_in_pools(args: list[tuple], workers: int, done: Callable[[dict[str, Any
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
     running: dict[Any, int] = {}
     try:
-        while pending or running:
-            alone = bool(suspects & (set(pending) | set(running.values())))
-            while pending and len(running) < (1 if alone else workers):
-                i = pending.popleft()
-                running[pool.submit(_run_cell, *args[i])] = i
-                alone = alone or i in suspects
-            finished, _ = wait(running, timeout=2.0, return_when=FIRST_COMPLETED)
-            lost = []
-            if not finished and _a_worker_died(pool):
-                lost = list(running.values())  # the pool has not noticed (yet): do not wait
+        with _signals_as_requests() as stop_request:
+            while pending or running:
+                if stop_request():
+                    raise KeyboardInterrupt(stop_request())
+                alone = bool(suspects & (set(pending) | set(running.values())))
+                while pending and len(running) < (1 if alone else workers):
+                    i = pending.popleft()
+                    running[pool.submit(_run_cell, *args[i])] = i
+                    alone = alone or i in suspects
+                finished, _ = wait(running, timeout=2.0, return_when=FIRST_COMPLETED)
+                lost = []
+                if not finished and _a_worker_died(pool):
+                    lost = list(running.values())  # the pool has not noticed (yet): do not wait
+                    running.clear()
+                for fut in finished:
+                    i = running.pop(fut)
+                    if isinstance(fut.exception(), BrokenProcessPool):
+                        lost.append(i)
+                    else:
+                        suspects.discard(i)
+                        done(_row_of(fut, args[i][0]))
+                if not lost:
+                    continue
+                for fut, i in list(running.items()):  # the pool is gone: so are the others
+                    if fut.done() and not isinstance(fut.exception(), BrokenProcessPool):
+                        done(_row_of(fut, args[i][0]))
+                    else:
+                        lost.append(i)
                 running.clear()
-            for fut in finished:
-                i = running.pop(fut)
-                if isinstance(fut.exception(), BrokenProcessPool):
-                    lost.append(i)
-                else:
-                    suspects.discard(i)
-                    done(_row_of(fut, args[i][0]))
-            if not lost:
-                continue
-            for fut, i in list(running.items()):  # the pool is gone: so are the others
-                if fut.done() and not isinstance(fut.exception(), BrokenProcessPool):
-                    done(_row_of(fut, args[i][0]))
-                else:
-                    lost.append(i)
-            running.clear()
-            _stop_workers(pool)
-            dead = on_worker_death()
-            named = {i for i in lost if cell_label(args[i][0]) in dead}
-            for i in lost:
-                if i in named or (not named and (len(lost) == 1 or i in suspects)):
-                    suspects.discard(i)
-                    done(_failed_row(args[i][0], WORKER_DIED))
-                else:
-                    if not named:
-                        suspects.add(i)
-                    pending.appendleft(i)
-            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+                _stop_workers(pool)
+                dead = on_worker_death()
+                named = {i for i in lost if cell_label(args[i][0]) in dead}
+                for i in lost:
+                    if i in named or (not named and (len(lost) == 1 or i in suspects)):
+                        suspects.discard(i)
+                        done(_failed_row(args[i][0], WORKER_DIED))
+                    else:
+                        if not named:
+                            suspects.add(i)
+                        pending.appendleft(i)
+                pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
     finally:  # done, or interrupted: an interrupted driver takes its workers with it
         _stop_workers(pool)
+
+
+@contextlib.contextmanager
+def _signals_as_requests() -> Iterator[Callable[[], str]]:
+    """While the driver only waits on its workers, Ctrl-C and SIGTERM are noted and acted on
+    at the top of the loop (within 2 s): raised at an arbitrary point they can land in a
+    garbage-collector callback, where Python prints a traceback and drops them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: ""
+        return
+    request: list[str] = []
+
+    def note(signum, frame):
+        request.append(f"signal {signal.Signals(signum).name}")
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: request[0] if request else ""
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _workers(pool: ProcessPoolExecutor) -> list:

@@ -192,6 +192,34 @@ def _signals_end_runs() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT/SIGTERM wait (pending) until the block is done, then arrive as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _end_killed(run_id: str, why: str) -> None:
+    """End the active run KILLED; if the interrupted MLflow call left the fluent session
+    unusable, end it through a fresh client so it is never left RUNNING."""
+    try:
+        mlflow.set_tag("killed_by", why)
+        mlflow.end_run(status="KILLED")
+    except Exception:
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status="KILLED")  # pops the fluent stack even if the store failed
+        c = MlflowClient(tracking_uri=mlflow.get_tracking_uri())
+        c.set_tag(run_id, "killed_by", why)
+        c.set_terminated(run_id, status="KILLED")
+
+
 # MLflow 3's UI opens an experiment of unknown kind in its GenAI view; ours are training runs.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
@@ -280,14 +308,14 @@ def tracked_run(experiment: str, run_name: str | None = None, tags: dict[str, st
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     with _signals_end_runs():
-        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name or None, tags=all_tags,
-                               nested=mlflow.active_run() is not None)
+        with _signals_held():  # a signal inside start_run would leave the new run RUNNING
+            run = mlflow.start_run(experiment_id=exp_id, run_name=run_name or None,
+                                   tags=all_tags, nested=mlflow.active_run() is not None)
         try:
             yield run
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as RunKilled
-            with contextlib.suppress(Exception):
-                mlflow.set_tag("killed_by", str(exc) or "SIGINT (Ctrl-C)")
-            mlflow.end_run(status="KILLED")
+            with _signals_held():  # a second signal must not interrupt the ending itself
+                _end_killed(run.info.run_id, str(exc) or "SIGINT (Ctrl-C)")
             raise
         except BaseException as exc:
             with contextlib.suppress(Exception):
