@@ -47,13 +47,18 @@ def regime_overrides(path: str | None) -> dict:
     return flatten(data)
 
 
-def dead_cells(experiment_id: str) -> set[str]:
-    """End the runs of workers that died (KILLED) and return their `cell` tags."""
+def dead_cells(experiment_id: str, pids: set[int]) -> set[str]:
+    """End the runs of workers that died (KILLED) and return the `cell` tags of those owned
+    by `pids`."""
     from metabolism import tracking  # imported here, not at the top: keeps --help fast
 
     client = tracking.client()
-    return {client.get_run(r).data.tags.get("cell", "")
-            for r in tracking.reap_orphaned_runs(experiment_id, client)}
+    cells = set()
+    for run_id in tracking.reap_orphaned_runs(experiment_id, client):
+        tags = client.get_run(run_id).data.tags
+        if tracking.process_pid(tags.get(tracking.PROCESS_TAG, "")) in pids:
+            cells.add(tags.get("cell", ""))
+    return cells
 
 
 def make_ray_backend(address: str | None, cfg):
@@ -158,13 +163,13 @@ def main() -> None:
             run_cells(todo, config_dir=args.config_dir.resolve(), **roots,
                       parent_run_id=parent.info.run_id, study=args.study,
                       workers=args.workers, on_row=on_row,
-                      on_worker_death=lambda: dead_cells(parent.info.experiment_id),
+                      on_worker_death=lambda pids: dead_cells(parent.info.experiment_id, pids),
                       ray_backend=ray_backend)
         finally:  # interrupted or not, the table holds every run that ended
             if ray_backend is not None:
                 ray_backend.close()
             # a worker stopped by SIGKILL (it ignored SIGTERM) cannot end its own run
-            dead_cells(parent.info.experiment_id)
+            dead_cells(parent.info.experiment_id, set())
             md, csv_path = write_table()
             mlflow.log_artifact(str(md))
             mlflow.log_artifact(str(csv_path))

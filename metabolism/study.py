@@ -138,11 +138,12 @@ WORKER_DIED = "worker process died (killed, out of memory or crashed)"
 def run_cells(cells: list[Cell], *, config_dir: Path, data_root: Path, runs_root: Path,
               parent_run_id: str | None, study: str, workers: int,
               on_row: Callable[[dict[str, Any]], None] = lambda row: None,
-              on_worker_death: Callable[[], set[str]] = set,
+              on_worker_death: Callable[[set[int]], set[str]] = lambda pids: set(),
               ray_backend=None) -> list[dict[str, Any]]:
     """Run every cell; on_row(row) as each finishes (so the table grows while the study
     runs). A worker that dies fails its cell, not the study: the pool is recreated.
-    on_worker_death() returns the labels (cell_label) of the cells known to have died.
+    on_worker_death(pids) ends the runs left RUNNING by dead processes and returns the labels
+    (cell_label) of those owned by `pids`, the workers that died by themselves.
     ray_backend (a metabolism.explore.backends.RayBackend): one Ray task per cell instead."""
     args = [(c, config_dir, data_root, runs_root, parent_run_id, study) for c in cells]
     rows: list[dict[str, Any]] = []
@@ -184,7 +185,7 @@ def cell_label(cell: Cell) -> str:
 
 
 def _run_in_pools(args: list[tuple], workers: int, done: Callable[[dict[str, Any]], None],
-                  on_worker_death: Callable[[], set[str]]) -> None:
+                  on_worker_death: Callable[[set[int]], set[str]]) -> None:
     """At most `workers` cells in flight. When a worker dies the pool breaks and every cell
     in flight is lost with it. The cell whose run was left behind by a dead process
     (on_worker_death) is recorded FAILED; the others are run again. If none can be named,
@@ -223,8 +224,9 @@ def _run_in_pools(args: list[tuple], workers: int, done: Callable[[dict[str, Any
                     else:
                         lost.append(i)
                 running.clear()
+                victims = _died_by_themselves(pool)  # before the siblings are stopped
                 _stop_workers(pool)
-                dead = on_worker_death()
+                dead = on_worker_death(victims)
                 named = {i for i in lost if cell_label(args[i][0]) in dead}
                 for i in lost:
                     if i in named or (not named and (len(lost) == 1 or i in suspects)):
@@ -268,6 +270,14 @@ def _a_worker_died(pool: ProcessPoolExecutor) -> bool:
     """The executor notices a dead worker only when it next wakes, and a worker it started
     on demand may never be watched while the others are busy; ask the processes."""
     return any(not p.is_alive() for p in _workers(pool))
+
+
+def _died_by_themselves(pool: ProcessPoolExecutor) -> set[int]:
+    """Pids of workers that have exited other than by SIGTERM: killed from outside (kill -9,
+    the OOM killer) or crashed. A sibling the broken pool terminates exits by SIGTERM, or
+    ends its run KILLED itself, so its cell is run again rather than failed."""
+    return {p.pid for p in _workers(pool)
+            if p.exitcode is not None and p.exitcode != -signal.SIGTERM}
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:

@@ -116,6 +116,13 @@ def process_tag(pid: int | None = None) -> str:
     return f"{socket.gethostname()}:{pid}:{_process_start_time(pid)}"
 
 
+def process_pid(tag: str) -> int | None:
+    """The pid in a process tag ("<host>:<pid>:<start time>"), if it is one of this host's."""
+    host, _, rest = tag.partition(":")
+    pid_text = rest.partition(":")[0]
+    return int(pid_text) if host == socket.gethostname() and pid_text.isdigit() else None
+
+
 def _owner_is_dead(tag: str) -> bool:
     """True only when the owner provably no longer exists: same host, and its pid is gone or
     now belongs to a process that started at another time."""
