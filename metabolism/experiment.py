@@ -372,9 +372,12 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
                          "phase1_rate_constants_R2": f"{phase1_r2(model, data, truth):.4f}"})
         quality = assess_phase1(model, data)  # data only: the verdict a user gets
         mlflow.set_tag("phase1_trust", quality.verdict)
-        if quality.verdict != "trusted":
-            print(f"WARNING: Phase 1 {quality.verdict}, do not trust this run's slopes: "
+        if quality.verdict == "untrusted":
+            print(f"WARNING: Phase 1 untrusted, do not trust this run's slopes: "
                   f"{quality.reason}", file=sys.stderr, flush=True)
+        elif quality.verdict == "unknown":
+            print(f"WARNING: Phase 1 quality unknown: {quality.reason}", file=sys.stderr,
+                  flush=True)
         x_res, _, residual = phase2_residual(model, data)
         phase1_gt = residual_error_vs_truth(x_res, residual, truth)  # the report's check only
         model = model.to(device=device, dtype=compute.training_dtype(cfg.compute))

@@ -11,8 +11,11 @@ it, gauge-free and without labels, lambda or cb:
 - noise_to_signal: median over metabolites of the spread of r_i - a_i c_i (Phase 1's error,
   MAD sigma) over the spread of a_i c_i over the data (the signal to reveal).
 
-A network with no conserved quantity has no such reference: the measures are NaN and the
-verdict is "unknown".
+A network with no conserved quantity has no such reference, and on noisy observations the
+reference cannot be determined (one-frame differences of the totals are dominated by the
+noise, and the least squares behind a_i is ill-conditioned): the reference is estimated on
+each half of the frames, and when the halves disagree by more than MAX_LAW_ERROR the measures
+are NaN and the verdict is "unknown" rather than a number that only reflects the noise.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class Phase1Quality:
     noise_to_signal: float  # median over metabolites of Phase 1's error / the law's spread
     residual_noise: float  # median over metabolites of Phase 1's error in r_i (MAD sigma)
     n_conserved: int  # conserved quantities of S the reference is built from
+    # median |a_i(first half) - a_i(second half)| / median |a_i|: whether the reference holds
+    reference_disagreement: float = 0.0
 
     @property
     def verdict(self) -> str:
@@ -47,8 +52,12 @@ class Phase1Quality:
 
     @property
     def reason(self) -> str:
-        if self.verdict == "unknown":
+        if self.verdict == "unknown" and self.n_conserved == 0:
             return "S conserves no quantity: no Phase-1-free reference for the law"
+        if self.verdict == "unknown":
+            return (f"the conserved totals give no reliable reference on these data (the law "
+                    f"from each half of the frames differs by {self.reference_disagreement:.2f}"
+                    f" of it, limit {MAX_LAW_ERROR:g}; noisy observations do this)")
         return (f"the residual's per-metabolite slopes are off by {self.law_error:.2f} of the "
                 f"law the conserved totals show (limit {MAX_LAW_ERROR:g}); Phase 1's error is "
                 f"{self.noise_to_signal:.1f}x the homeostatic signal")
@@ -57,6 +66,7 @@ class Phase1Quality:
         return {"phase1_law_error": self.law_error,
                 "phase1_noise_to_signal": self.noise_to_signal,
                 "phase1_residual_noise": self.residual_noise,
+                "phase1_reference_disagreement": self.reference_disagreement,
                 "phase1_trusted": {"trusted": 1.0, "untrusted": 0.0}.get(self.verdict, np.nan)}
 
 
@@ -95,15 +105,25 @@ def assess_residual(x: np.ndarray, dcdt: np.ndarray, residual: np.ndarray,
     """The verdict on a residual (F, N) of the frames x with finite differences dcdt."""
     n_conserved = conserved_quantities(S).shape[1]
     a = conserved_law_slopes(x, dcdt, S)
-    if a is None:
-        return Phase1Quality(np.nan, np.nan, float(np.median(mad_sigma(residual))), n_conserved)
+    half = len(x) // 2
+    halves = [conserved_law_slopes(x[sl], dcdt[sl], S) for sl in (slice(None, half),
+                                                                  slice(half, None))]
+    if a is None or any(h is None for h in halves):
+        return Phase1Quality(np.nan, np.nan, float(np.median(mad_sigma(residual))), n_conserved,
+                             np.nan)
+    disagreement = float(np.median(np.abs(halves[0] - halves[1]))
+                         / max(float(np.median(np.abs(a))), 1e-300))
+    if disagreement > MAX_LAW_ERROR:
+        return Phase1Quality(np.nan, np.nan, float(np.median(mad_sigma(residual))), n_conserved,
+                             disagreement)
     noise = mad_sigma(residual - a * x)
     signal = np.abs(a) * mad_sigma(x)
     law = own_concentration_slopes(x, residual)
     return Phase1Quality(
         law_error=float(np.median(np.abs(law - a)) / max(float(np.median(np.abs(a))), 1e-300)),
         noise_to_signal=float(np.median(noise / np.maximum(signal, 1e-300))),
-        residual_noise=float(np.median(noise)), n_conserved=n_conserved)
+        residual_noise=float(np.median(noise)), n_conserved=n_conserved,
+        reference_disagreement=disagreement)
 
 
 def assess_phase1(model, data: TrainingData) -> Phase1Quality:

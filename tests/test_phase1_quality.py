@@ -61,6 +61,22 @@ def test_verdicts_on_known_residuals(quick_data):
     assert mild.verdict == "trusted" and mild.law_error < MAX_LAW_ERROR
 
 
+def test_noisy_observations_give_no_verdict_rather_than_a_wrong_one(quick_data):
+    """With 0.1% measurement noise the totals' one-frame differences are mostly noise: the
+    reference from each half of the frames disagrees, so the verdict is unknown (with the
+    measures NaN), not an "untrusted" that would only reflect the noise."""
+    _, data, truth, x, y = quick_data
+    rng = np.random.default_rng(1)
+    c = data.concentrations * (1 + 1e-3 * rng.standard_normal(data.concentrations.shape))
+    noisy_x, noisy_y = c[:-1], (c[1:] - c[:-1]) / data.delta_t
+    law = -truth.lam * (noisy_x - truth.baseline)
+    q = assess_residual(noisy_x, noisy_y, law, data.stoich.S)
+    assert q.verdict == "unknown" and np.isnan(q.law_error), q
+    assert q.reference_disagreement > MAX_LAW_ERROR and "noisy" in q.reason
+    exact = assess_residual(x, y, -truth.lam * (x - truth.baseline), data.stoich.S)
+    assert exact.reference_disagreement < 1e-3  # noiseless: the halves agree
+
+
 def test_quick_run_is_flagged_everywhere(tmp_path, mlflow_uri, capfd):
     import mlflow
 
