@@ -15,6 +15,7 @@ import io
 import json
 import math
 import multiprocessing as mp
+import os
 import signal
 import threading
 import time
@@ -192,7 +193,7 @@ def _run_in_pools(args: list[tuple], workers: int, done: Callable[[dict[str, Any
     the lost cells are rerun one at a time, so one whose worker dies alone is known."""
     pending = deque(range(len(args)))
     suspects: set[int] = set()  # in flight when a pool broke: rerun alone
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    pool = _new_pool(workers)
     running: dict[Any, int] = {}
     try:
         with _signals_as_requests() as stop_request:
@@ -236,7 +237,7 @@ def _run_in_pools(args: list[tuple], workers: int, done: Callable[[dict[str, Any
                         if not named:
                             suspects.add(i)
                         pending.appendleft(i)
-                pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+                pool = _new_pool(workers)
     finally:  # done, or interrupted: an interrupted driver takes its workers with it
         _stop_workers(pool)
 
@@ -260,6 +261,29 @@ def _signals_as_requests() -> Iterator[Callable[[], str]]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _new_pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                               initializer=_follow_the_driver, initargs=(os.getpid(),))
+
+
+def _follow_the_driver(driver_pid: int) -> None:
+    """Worker start-up: if the driver dies (even by kill -9, which runs no clean-up), SIGTERM
+    this worker, so its run ends KILLED and is rerun by the next invocation, instead of
+    running on for a table that no longer exists; then exit."""
+    def watch() -> None:
+        while os.getppid() == driver_pid:
+            time.sleep(DRIVER_WATCH_SECONDS)
+        os.kill(os.getpid(), signal.SIGTERM)  # ends the run in progress KILLED
+        time.sleep(DRIVER_GONE_GRACE_SECONDS)
+        os._exit(1)  # the pool's queues have no reader now: the worker would wait forever
+
+    threading.Thread(target=watch, name="follow-driver", daemon=True).start()
+
+
+DRIVER_WATCH_SECONDS = 2.0
+DRIVER_GONE_GRACE_SECONDS = 20.0
 
 
 def _workers(pool: ProcessPoolExecutor) -> list:

@@ -207,6 +207,50 @@ def test_killed_study_worker_fails_its_cell_and_the_study_goes_on(tmp_path, tiny
     assert "worker process died" in md and "Incomplete: 1 of 2 runs missing" in md
 
 
+def test_kill_9_of_a_study_driver_stops_its_workers_and_ends_their_runs_killed(tmp_path,
+                                                                             tiny_phase1):
+    """Without the driver nobody records the cells' rows: the workers must not run on."""
+    cmd, uri = _study_setup(tmp_path, tiny_phase1, updates=20000)
+    proc = subprocess.Popen(cmd + ["--slots", "0", "--seeds", "0", "1", "--workers", "2"],
+                            env=_env(uri), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        def two_training():
+            runs = [r for r in _runs(uri) if r.info.status == "RUNNING"
+                    and "cell" in r.data.tags]
+            return len(runs) == 2 and all(_loss_points(uri, r.info.run_id) >= 50
+                                          for r in runs) and runs
+        runs = _wait_for(two_training, 300, "two study cells training")
+        proc.kill()
+        proc.wait(timeout=30)
+        pids = [int(r.data.tags[tracking.PROCESS_TAG].split(":")[1]) for r in runs]
+
+        def all_ended():
+            return all(_runs_by_id(uri)[r.info.run_id] != "RUNNING" for r in runs)
+        _wait_for(all_ended, 120, "the orphaned workers' runs to end")
+    finally:
+        proc.kill()
+    statuses = _runs_by_id(uri)
+    assert all(statuses[r.info.run_id] == "KILLED" for r in runs), statuses
+    client = MlflowClient(tracking_uri=uri)
+    for r in runs:  # ended by the worker itself (not reaped later): with its loss curve
+        assert client.get_run(r.info.run_id).data.tags.get("killed_by") == "signal SIGTERM"
+    _wait_for(lambda: not any(_alive(p) for p in pids), 60, "the workers to exit")
+
+
+def _runs_by_id(uri: str) -> dict[str, str]:
+    return {r.info.run_id: r.info.status for r in _runs(uri)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
 def test_interrupted_study_keeps_its_table_and_a_rerun_runs_only_missing_cells(tmp_path,
                                                                               tiny_phase1):
     cmd, uri = _study_setup(tmp_path, tiny_phase1, updates=6)
