@@ -125,7 +125,7 @@ class ResidualSupervision:
     # per unit time), "savgol" (smoothed derivative, a baseline) or "auto" (window when the
     # noise estimated from the data exceeds metabolism.observations.NOISE_THRESHOLD)
     targets: str = "auto"
-    window: int = 0  # frames; 0 = the slot's time step, longer on noisy data (spread_keeping_window)
+    window: int = 0  # frames; 0 = the slot's homeostasis_time_step
     savgol_window: int = 0  # frames, odd; 0 = chosen from the estimated noise level
     savgol_polyorder: int = 3
     target: str = "residual"

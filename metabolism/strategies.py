@@ -78,62 +78,23 @@ def savgol_residual_targets(model, concentrations: torch.Tensor, delta_t: float,
     return x, y - _frozen_reaction_dcdt(model, x).to(**like)
 
 
-def choose_residual_targets(cfg: StrategiesConfig, concentrations, time_step: int,
-                            delta_t: float = 1.0, observe_every: int = 1) -> tuple[str, int]:
+def choose_residual_targets(cfg: StrategiesConfig, concentrations, time_step: int
+                            ) -> tuple[str, int]:
     """(targets, window) after resolving "auto" from the data: one-frame differences on data
-    the noise estimate calls clean (they are exact for noiseless Euler data), windows
-    otherwise. An unset window is the slot's time step, lengthened on noisy data to
-    spread_keeping_window."""
+    the noise estimate calls clean (they are exact for noiseless Euler data), windows of the
+    slot's time step otherwise."""
     rs = cfg.residual_supervision
     targets = rs.targets
     if targets == "auto":
         targets = "window" if obs.is_noisy(concentrations) else "difference"
-    window = rs.window or time_step
-    if targets == "window" and not rs.window:
-        window = max(window, spread_keeping_window(concentrations, delta_t, observe_every))
-    return targets, window
-
-
-# the window-mean concentrations keep at least this share of the concentrations' variance
-KEPT_VARIANCE = 0.5
-
-
-def spread_keeping_window(concentrations, delta_t: float, observe_every: int) -> int:
-    """The longest window whose mean concentrations keep KEPT_VARIANCE of the data's spread.
-
-    A window target's measurement noise falls as 1/W (0.147 / 0.037 / 0.0095 at W = 1 / 4 /
-    16 on 0.1% noise) and, for a law linear in c, matching MLP_node at the window's mean
-    concentration adds no bias; what a long window costs is range: once it spans the
-    network's oscillations the window means crowd around each metabolite's average and the
-    slope is fit over a narrower span. The information in the slope grows as W times that
-    variance until about the point where half of it is gone; beyond, it stalls. Chosen from
-    the trajectory alone, so it needs no knowledge of the noise level or the laws; at most
-    an eighth of the frames.
-    """
-    c = torch.as_tensor(concentrations).double()
-    longest = max(1, (c.shape[0] - 1) // 8)
-    per_interval = obs.interval_average(c, delta_t, observe_every)
-    total = c.var(0).clamp_min(1e-300)
-
-    def kept(window: int) -> float:
-        means = obs.window_sums(per_interval, window) / window
-        return float((means.var(0) / total).median())
-
-    lo, hi = 1, longest  # kept(lo) >= KEPT_VARIANCE; the variance kept falls with W
-    if kept(hi) >= KEPT_VARIANCE:
-        return hi
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if kept(mid) >= KEPT_VARIANCE else (lo, mid)
-    return lo
+    return targets, (rs.window or time_step)
 
 
 def residual_targets_for(model, concentrations: torch.Tensor, delta_t: float,
                          observe_every: int, cfg: StrategiesConfig, time_step: int
                          ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """The residual targets the config asks for; returns (x, y, description)."""
-    targets, window = choose_residual_targets(cfg, concentrations, time_step, delta_t,
-                                              observe_every)
+    targets, window = choose_residual_targets(cfg, concentrations, time_step)
     rs = cfg.residual_supervision
     if targets == "savgol":
         sg_window = rs.savgol_window or obs.savgol_window_for(

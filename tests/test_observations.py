@@ -240,35 +240,15 @@ def test_window_targets_average_out_noise(model):
     assert abs(float(y16.double().mean()) - 0.01) < 0.003
 
 
-@pytest.mark.parametrize("period", [100, 200, 400])
-def test_window_keeps_half_the_spread_of_the_trajectory(period):
-    """For c = sin(2 pi t / P) the variance of W-frame means is sinc^2(W / P) of c's, which
-    falls to one half at W = 0.443 P; 0.1% noise on top changes nothing."""
-    t = np.arange(6000)[:, None]
-    phase = np.random.default_rng(period).uniform(0, 6, 20)
-    c = 5 + 2 * np.sin(2 * np.pi * t / period + phase)
-    noisy = c * (1 + 1e-3 * np.random.default_rng(0).standard_normal(c.shape))
-    for data in (c, noisy):
-        w = strat.spread_keeping_window(torch.as_tensor(data), 0.1, 1)
-        assert abs(w - 0.443 * period) <= 2 + 0.02 * period, (period, w)
-
-
 def test_auto_resolves_from_the_data(model):
     cfg = tiny_config(**{"training.strategies.residual_supervision.enabled": True})
     st = cfg.training.strategies
     clean = torch.as_tensor(_smooth_trajectory(300, model.S.shape[0]))
     noisy = clean * (1 + 0.003 * torch.randn_like(clean))
     assert strat.choose_residual_targets(st, clean, 8) == ("difference", 8)
-    # noisy: windows, as long as the trajectory's spread allows (these slow sinusoids: the
-    # longest window allowed, an eighth of the frames), never shorter than the time step
-    longest = (300 - 1) // 8
-    assert strat.choose_residual_targets(st, noisy, 8, 0.1, 1) == ("window", longest)
-    assert strat.choose_residual_targets(st, noisy, 64, 0.1, 1) == ("window", 64)
-    st.residual_supervision.window = 8  # an explicit window is kept
-    assert strat.choose_residual_targets(st, noisy, 4, 0.1, 1) == ("window", 8)
-    x, y, label = strat.residual_targets_for(model, noisy, 0.1, 1, st, 4)
+    assert strat.choose_residual_targets(st, noisy, 8) == ("window", 8)
+    x, y, label = strat.residual_targets_for(model, noisy, 0.1, 1, st, 8)
     assert label == "window(8)" and x.shape[0] == 300 - 8
-    st.residual_supervision.window = 0
     st.residual_supervision.targets = "savgol"
     x, y, label = strat.residual_targets_for(model, noisy, 0.1, 1, st, 8)
     assert label == "savgol(window=9, polyorder=3)" and x.shape[0] == 300 - 9
@@ -317,8 +297,7 @@ def test_sparse_difference_targets_use_the_weighted_state(tmp_path):
 
 def test_phase2_on_sparse_noisy_data_integrates_k_euler_steps_per_frame(tmp_path, monkeypatch):
     """Every rollout of training and of the final loss takes observe_every Euler steps per
-    observed frame, and the residual targets are windows (longer than the slot's time step
-    here: as long as the trajectory's spread allows)."""
+    observed frame, and the residual targets are windows of the slot's time step."""
     import metabolism.phase2 as phase2_mod
     from metabolism.experiment import ensure_phase1, load_phase1_model
 
@@ -339,8 +318,7 @@ def test_phase2_on_sparse_noisy_data_integrates_k_euler_steps_per_frame(tmp_path
     monkeypatch.setattr(phase2_mod, "rollout", spy)
     res = phase2_mod.train_phase2(model, data, cfg.training, progress=False)
     assert seen and set(seen) == {3}
-    want = strat.spread_keeping_window(data.concentrations, data.delta_t, 3)
-    assert want > 4 and res.residual_targets == f"window({want})"
+    assert res.residual_targets == "window(4)"
     assert np.isfinite(res.final_loss)
 
 
