@@ -161,7 +161,12 @@ def run_cells(cells: list[Cell], *, config_dir: Path, data_root: Path, runs_root
         return rows
     if workers <= 1:
         for a in args:
-            done(_run_cell(*a))
+            row = _run_cell(*a)
+            done(row)
+            if row["status"] == "KILLED":  # SIGTERM reached this very process: stop the study
+                from metabolism.tracking import RunKilled
+
+                raise RunKilled(row["error"])
     else:
         _run_in_pools(args, workers, done, on_worker_death)
     return rows

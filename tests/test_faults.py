@@ -238,6 +238,25 @@ def test_kill_9_of_a_study_driver_stops_its_workers_and_ends_their_runs_killed(t
     _wait_for(lambda: not any(_alive(p) for p in pids), 60, "the workers to exit")
 
 
+def test_sigterm_stops_a_single_process_study(tmp_path, tiny_phase1):
+    """--workers 1 runs cells in the driver itself: SIGTERM ends the run in progress KILLED
+    and stops the study there (it must not go on to the next cell)."""
+    cmd, uri = _study_setup(tmp_path, tiny_phase1, updates=20000)
+    proc = subprocess.Popen(cmd + ["--slots", "0", "--seeds", "0", "1", "--workers", "1"],
+                            env=_env(uri), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        run = _wait_for(lambda: _running_with_losses(uri, 50), 300, "the first cell training")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    cells = [r for r in _runs(uri) if "cell" in r.data.tags]
+    assert [(r.info.run_id, r.info.status) for r in cells] == [(run.info.run_id, "KILLED")]
+    assert [r["status"] for r in _rows(tmp_path)] == ["KILLED"]
+
+
 def _runs_by_id(uri: str) -> dict[str, str]:
     return {r.info.run_id: r.info.status for r in _runs(uri)}
 
