@@ -28,6 +28,7 @@ import torch
 from kernels.reference import reaction_dcdt
 from metabolism.conservation import conserved_law_slopes, conserved_quantities, finite_differences
 from metabolism.data import TrainingData
+from metabolism.observations import NOISE_THRESHOLD, estimate_relative_noise
 
 N_BINS = 8
 # The residual's per-metabolite law may be off by at most the half-width of the slope-ratio
@@ -43,6 +44,8 @@ class Phase1Quality:
     n_conserved: int  # conserved quantities of S the reference is built from
     # median |a_i(first half) - a_i(second half)| / median |a_i|: whether the reference holds
     reference_disagreement: float = 0.0
+    observation_noise: float = 0.0  # relative, estimated from the data; above NOISE_THRESHOLD
+    # the reference is not computed
 
     @property
     def verdict(self) -> str:
@@ -52,6 +55,9 @@ class Phase1Quality:
 
     @property
     def reason(self) -> str:
+        if self.verdict == "unknown" and self.observation_noise > NOISE_THRESHOLD:
+            return (f"noisy observations (relative noise about {self.observation_noise:.2g}): "
+                    "the conserved totals give no Phase-1-free reference from such data")
         if self.verdict == "unknown" and self.n_conserved == 0:
             return "S conserves no quantity: no Phase-1-free reference for the law"
         if self.verdict == "unknown":
@@ -127,5 +133,14 @@ def assess_residual(x: np.ndarray, dcdt: np.ndarray, residual: np.ndarray,
 
 
 def assess_phase1(model, data: TrainingData) -> Phase1Quality:
-    """The trust verdict on a frozen Phase 1 model, from the training data alone."""
-    return assess_residual(*phase2_residual(model, data), data.stoich.S)
+    """The trust verdict on a frozen Phase 1 model, from the training data alone. On data the
+    noise estimate calls noisy the reference is not computed at all: one-frame differences of
+    the totals are noise there, and errors in the concentrations shrink the least-squares
+    slopes towards zero consistently in both halves, which the halves' check cannot see."""
+    x, dcdt, residual = phase2_residual(model, data)
+    noise = estimate_relative_noise(data.concentrations)
+    if noise > NOISE_THRESHOLD:
+        return Phase1Quality(np.nan, np.nan, float(np.median(mad_sigma(residual))),
+                             conserved_quantities(data.stoich.S).shape[1], np.nan,
+                             observation_noise=noise)
+    return assess_residual(x, dcdt, residual, data.stoich.S)

@@ -77,6 +77,17 @@ def test_noisy_observations_give_no_verdict_rather_than_a_wrong_one(quick_data):
     assert exact.reference_disagreement < 1e-3  # noiseless: the halves agree
 
 
+def test_noisy_training_data_get_no_verdict(tmp_path):
+    from metabolism.experiment import new_model
+    from metabolism.phase1_quality import assess_phase1
+
+    cfg = load_config("slot0", {**QUICK_OVERRIDES, "simulation.observation_noise": 0.01})
+    data = load_training_data(ensure_dataset(cfg, tmp_path))
+    q = assess_phase1(new_model(data, cfg), data)
+    assert q.verdict == "unknown" and np.isnan(q.law_error) and np.isnan(q.noise_to_signal)
+    assert q.observation_noise == pytest.approx(0.01, rel=0.3) and "noisy" in q.reason
+
+
 def test_quick_run_is_flagged_everywhere(tmp_path, mlflow_uri, capfd):
     import mlflow
 
