@@ -34,23 +34,22 @@ def compile_kernels(arch: int = 90, dtype: str = "float32", *, hidden: int = 64,
                     hidden_sub: int | None = None, layers: int = 3, substrate_slots: int = 2,
                     n_metabolites: int = 100, n_reactions: int = 256, reaction_grad: bool = True,
                     kernels: tuple[str, ...] = ("forward", "backward"),
-                    num_warps: int | None = None, block_n: int | None = None,
-                    prec: str | None = None) -> dict:
+                    tuning: tr.Tuning | None = None) -> dict:
     """{'forward': CompiledKernel, 'backward': CompiledKernel} for cuda sm_<arch>.
 
-    Block sizes, precision and warps are the launcher's (kernels.triton_rollout.TUNING) unless
-    given; hidden_sub defaults to hidden.
+    Block sizes, precision and warps are those the launcher would use with `tuning` (None: the
+    dtype's default, kernels.triton_rollout.DEFAULT_TUNING); hidden_sub defaults to hidden.
     """
     target = GPUTarget("cuda", arch, 32)
     tl_dtype = tr.tl.float32 if dtype == "float32" else tr.tl.float64
-    bn, block_r = tr.block_sizes(n_metabolites, n_reactions, getattr(tr.torch, dtype))
-    block_n = block_n or bn
-    hidden, hidden_sub = tr._pow2(hidden), tr._pow2(hidden_sub or hidden)
+    torch_dtype = getattr(tr.torch, dtype)
+    tuning = tr.resolve_tuning(torch_dtype, tuning)
+    block_n, block_r = tr.block_sizes(n_metabolites, n_reactions, torch_dtype, tuning)
+    hidden, hidden_sub = tr.pow2_width(hidden), tr.pow2_width(hidden_sub or hidden)
     common = dict(M=substrate_slots, LN=layers, HN=hidden,
-                  BLOCK_N=block_n, BLOCK_R=block_r,
-                  PREC=prec or tr._prec(getattr(tr.torch, dtype)), DT=tl_dtype)
+                  BLOCK_N=block_n, BLOCK_R=block_r, PREC=tuning.prec, DT=tl_dtype)
     ints = {"gidx_ptr", "ell_rxn_ptr", "st_idx_ptr", "use_ptr"}
-    options = {"num_warps": num_warps or tr.TUNING[getattr(tr.torch, dtype)]["num_warps"]}
+    options = {"num_warps": tuning.num_warps}
     out = {}
     for name, kernel, extra in (("forward", tr.rollout_fwd_kernel,
                                  {"LS": layers, "HS": hidden_sub, "SAVE": True,

@@ -7,11 +7,15 @@ decision (env var METABOLISM_ROLLOUT_BACKEND) that must not leak into model code
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
 
 from kernels.functional import FrozenReactions, Layers
 from kernels.reference import euler_rollout_reference
+
+if TYPE_CHECKING:  # triton is imported only when the fused backend runs
+    from kernels.triton_rollout import Tuning
 
 ENV_VAR = "METABOLISM_ROLLOUT_BACKEND"
 BACKENDS = ("auto", "torch", "triton")
@@ -75,12 +79,14 @@ def resolve_backend(c0: torch.Tensor, backend: str | None = None) -> str:
 def euler_rollout(c0: torch.Tensor, embeddings: torch.Tensor, node_layers: Layers,
                   frozen: FrozenReactions, dt: float, n_steps: int, node_scale: float = 1.0,
                   reaction_grad: bool = True, backend: str | None = None,
-                  substeps: int = 1) -> torch.Tensor:
+                  substeps: int = 1, tuning: Tuning | None = None) -> torch.Tensor:
     """Roll the learned model n_steps from c0 (B, N); returns states 1..n_steps as (B, T, N),
     each `substeps` Euler steps of dt after the previous one.
 
     Semantics are those of kernels.reference.euler_rollout_reference; backend None reads
-    $METABOLISM_ROLLOUT_BACKEND ('auto' | 'torch' | 'triton', default 'auto').
+    $METABOLISM_ROLLOUT_BACKEND ('auto' | 'torch' | 'triton', default 'auto'). tuning: the
+    fused kernels' launch settings (kernels.triton_rollout.Tuning; None: the dtype's default),
+    ignored by the torch backend.
     """
     if substeps < 1:
         raise ValueError(f"substeps must be >= 1, got {substeps}")
@@ -92,5 +98,5 @@ def euler_rollout(c0: torch.Tensor, embeddings: torch.Tensor, node_layers: Layer
     # the fused kernel runs every Euler step and keeps them all; the observed states are every
     # substeps-th of them, and autograd routes their gradient back through the kernel's BPTT
     traj = fused_euler_rollout(c0, embeddings, node_layers, frozen, dt, n_steps * substeps,
-                               node_scale=node_scale, reaction_grad=reaction_grad)
+                               node_scale=node_scale, reaction_grad=reaction_grad, tuning=tuning)
     return traj if substeps == 1 else traj[:, substeps - 1::substeps]

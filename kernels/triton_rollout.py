@@ -16,12 +16,13 @@ MLPs are packed into zero-padded (L, H, H) weight / (L, H) bias tensors, H a pow
 keeps the padded units at exactly 0 through tanh. Only the H x H hidden layers are matmuls: the
 first layer (1 + D or 2 real inputs) is a rank-1 update plus a per-row base, and the scalar output
 layer a row dot product, which cuts the matmul work 3x for L = 3 and keeps registers in bounds.
-float32 matmuls use 3xTF32 tensor-core products (float32-level accuracy, see TUNING).
+float32 matmuls use 3xTF32 tensor-core products (float32-level accuracy, see DEFAULT_TUNING).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 import triton
@@ -362,7 +363,8 @@ def rollout_bwd_kernel(
 # ----------------------------------------------------------------------------- host side
 
 
-def _pow2(n: int, lo: int = 16) -> int:
+def pow2_width(n: int, lo: int = 16) -> int:
+    """The kernels' padded width for n: a power of two >= max(n, lo), lo being tl.dot's minimum."""
     return max(lo, triton.next_power_of_2(max(int(n), 1)))
 
 
@@ -378,7 +380,7 @@ def pack_layers(layers: Layers, width: int, dtype, device) -> tuple[torch.Tensor
 
 def layers_width(layers: Layers) -> int:
     """Padded power-of-two width covering every layer's in and out size."""
-    return _pow2(max(max(w.shape) for w, _ in layers))
+    return pow2_width(max(max(w.shape) for w, _ in layers))
 
 
 def _ell(keys: torch.Tensor, n_keys: int) -> torch.Tensor:
@@ -442,24 +444,35 @@ class ReactionPlan:
                    N=N, R=R, M=M, U=U, LS=len(fr.sub_layers), HS=HS)
 
 
-# Launch settings, per dtype; module-level so benchmarks/sweep_fused.py can try others.
+@dataclass(frozen=True)
+class Tuning:
+    """Launch settings of the fused kernels: dot precision, block sizes and warps per CTA."""
+
+    prec: str
+    block_n: int
+    block_r: int
+    num_warps: int
+
+
+# Defaults per dtype, read-only: callers that try others (benchmarks/sweep_fused.py) pass a Tuning.
 # float32: 3xTF32 tensor-core products (float32-level accuracy; plain fp32 FMA dots of 64-wide
 # tiles spill thousands of registers to local memory on sm_90). float64: exact FMA products,
 # smaller tiles (fp64 tiles take twice the registers and shared memory).
-TUNING = {
-    torch.float32: dict(prec="tf32x3", block_n=32, block_r=256, num_warps=4),
-    torch.float64: dict(prec="ieee", block_n=16, block_r=64, num_warps=4),
-}
+DEFAULT_TUNING = MappingProxyType({
+    torch.float32: Tuning(prec="tf32x3", block_n=32, block_r=256, num_warps=4),
+    torch.float64: Tuning(prec="ieee", block_n=16, block_r=64, num_warps=4),
+})
 
 
-def _prec(dtype) -> str:
-    return TUNING[dtype]["prec"]
+def resolve_tuning(dtype, tuning: Tuning | None = None) -> Tuning:
+    """`tuning` if given, else the default for `dtype`."""
+    return tuning if tuning is not None else DEFAULT_TUNING[dtype]
 
 
-def block_sizes(N: int, R: int, dtype) -> tuple[int, int]:
+def block_sizes(N: int, R: int, dtype, tuning: Tuning | None = None) -> tuple[int, int]:
     """(BLOCK_N, BLOCK_R) for N metabolites, R reactions."""
-    t = TUNING[dtype]
-    return min(_pow2(N), t["block_n"]), min(_pow2(R), t["block_r"])
+    t = resolve_tuning(dtype, tuning)
+    return min(pow2_width(N), t.block_n), min(pow2_width(R), t.block_r)
 
 
 # Test hook: when not None, every buffer the kernels must fully overwrite (outputs and scratch)
@@ -474,11 +487,12 @@ def _empty(*shape, dtype, device) -> torch.Tensor:
 
 def rollout_forward(c0: torch.Tensor, emb: torch.Tensor, node_w: torch.Tensor,
                     node_b: torch.Tensor, plan: ReactionPlan, dt: float, n_steps: int,
-                    node_scale: float, save: bool = False, reaction_grad: bool = True):
+                    node_scale: float, save: bool = False, reaction_grad: bool = True,
+                    tuning: Tuning | None = None):
     """Launch the fused forward: (B, N) -> (trajectory (B, T, N), tab, dtab); node_w/b packed.
 
     save=True keeps each step's MLP_sub table (and, with reaction_grad, its d/dc) for
-    rollout_backward; otherwise tab/dtab are None.
+    rollout_backward; otherwise tab/dtab are None. tuning None: DEFAULT_TUNING for c0's dtype.
     """
     B, N = c0.shape
     dev, dtype = c0.device, c0.dtype
@@ -491,23 +505,25 @@ def rollout_forward(c0: torch.Tensor, emb: torch.Tensor, node_w: torch.Tensor,
     dtab = _empty(B, n_steps, N * U, dtype=dtype, device=dev) if save_jvp else tab
     v = _empty(B, plan.R, dtype=dtype, device=dev)
     params = torch.tensor([dt, node_scale], dtype=dtype, device=dev)
-    BN, BR = block_sizes(plan.N, plan.R, dtype)
+    tuning = resolve_tuning(dtype, tuning)
+    BN, BR = block_sizes(plan.N, plan.R, dtype, tuning)
     rollout_fwd_kernel[(B,)](
         c0, emb, traj, params, node_w, node_b, plan.sub_w, plan.sub_b, plan.coeff, plan.gidx,
         plan.k, plan.ell_rxn, plan.ell_val, tab, dtab, v,
         N, plan.R, n_steps, U, emb.shape[1], plan.ell_rxn.shape[1],
         M=plan.M, LN=node_w.shape[0], HN=node_w.shape[1], LS=plan.LS, HS=plan.HS,
-        BLOCK_N=BN, BLOCK_R=BR, SAVE=bool(save), SAVE_JVP=bool(save_jvp), PREC=_prec(dtype),
-        DT=_tl_dtype(dtype), num_warps=TUNING[dtype]["num_warps"])
+        BLOCK_N=BN, BLOCK_R=BR, SAVE=bool(save), SAVE_JVP=bool(save_jvp), PREC=tuning.prec,
+        DT=_tl_dtype(dtype), num_warps=tuning.num_warps)
     return traj, (tab if save else None), (dtab if save_jvp else None)
 
 
 def rollout_backward(c0, emb, traj, grad_traj, node_w, node_b, plan: ReactionPlan, dt: float,
-                     node_scale: float, reaction_grad: bool, tab, dtab):
+                     node_scale: float, reaction_grad: bool, tab, dtab,
+                     tuning: Tuning | None = None):
     """Launch the fused BPTT: returns (grad c0, grad emb, grad packed W, grad packed b).
 
     tab / dtab: the per-step MLP_sub tables from rollout_forward(save=True) (dtab may be None
-    when reaction_grad is False).
+    when reaction_grad is False). tuning None: DEFAULT_TUNING for c0's dtype.
     """
     B, T, N = traj.shape
     dev, dtype = c0.device, c0.dtype
@@ -528,15 +544,16 @@ def rollout_backward(c0, emb, traj, grad_traj, node_w, node_b, plan: ReactionPla
     gfac = _empty(B, R * M, dtype=dtype, device=dev)
     adj = torch.zeros(B, N, dtype=dtype, device=dev)
     params = torch.tensor([dt, node_scale], dtype=dtype, device=dev)
-    BN, BR = block_sizes(plan.N, plan.R, dtype)
+    tuning = resolve_tuning(dtype, tuning)
+    BN, BR = block_sizes(plan.N, plan.R, dtype, tuning)
     rollout_bwd_kernel[(B,)](
         c0, emb, traj, grad_traj.contiguous(), params, node_w, node_b,
         plan.gidx, plan.k, plan.ell_rxn, plan.ell_val, plan.st_idx, plan.st_val,
         plan.use, tab, dtab if dtab is not None else tab, v, gz, gfac, adj, gc0, gemb, gw, gb,
         N, R, T, plan.U, D, plan.ell_rxn.shape[1], plan.st_idx.shape[1], plan.use.shape[1],
         M=M, LN=LN, HN=HN, BLOCK_N=BN, BLOCK_R=BR,
-        REACTION_GRAD=bool(reaction_grad), PREC=_prec(dtype), DT=_tl_dtype(dtype),
-        num_warps=TUNING[dtype]["num_warps"])
+        REACTION_GRAD=bool(reaction_grad), PREC=tuning.prec, DT=_tl_dtype(dtype),
+        num_warps=tuning.num_warps)
     return gc0, gemb.sum(0), gw.sum(0), gb.sum(0)
 
 

@@ -162,3 +162,32 @@ else:
             want = euler_rollout(*args, backend="torch")
         assert (first - second).abs().max() > 1e-6, f"seed={seed}"
         torch.testing.assert_close(second, want, rtol=1e-10, atol=1e-12, msg=f"seed={seed}")
+
+    def test_tuning_passed_in_reaches_both_launches_and_keeps_results(monkeypatch):
+        """A caller's Tuning (small blocks: several block iterations) is what both kernels launch
+        with, the result still matches the reference, and the defaults are left as they were."""
+        seed = _seed()
+        p = random_problem(seed=seed, n_metabolites=33, n_reactions=70, batch=2,
+                           hidden_node=5, hidden_sub=5).to(torch.float64, DEVICE)
+        defaults = dict(triton_rollout.DEFAULT_TUNING)
+        small = triton_rollout.Tuning(prec="ieee", block_n=16, block_r=16, num_warps=2)
+        seen = []
+        real = triton_rollout.block_sizes
+
+        def recording(N, R, dtype, tuning=None):
+            seen.append(tuning)
+            return real(N, R, dtype, tuning)
+
+        monkeypatch.setattr(triton_rollout, "block_sizes", recording)
+        outs = {}
+        for backend, tuning in (("torch", None), ("triton", small)):
+            out = euler_rollout(p.c0, p.embeddings, p.node_layers, p.frozen, 0.1, 4,
+                                backend=backend, tuning=tuning)
+            outs[backend] = (out, torch.autograd.grad(out.square().sum(), p.params()))
+        assert seen == [small, small]  # forward and backward
+        assert real(33, 70, torch.float64, small) == (16, 16)
+        torch.testing.assert_close(outs["triton"][0], outs["torch"][0], rtol=1e-10, atol=1e-12,
+                                   msg=f"seed={seed}")
+        for a, b in zip(outs["triton"][1], outs["torch"][1]):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"seed={seed}")
+        assert triton_rollout.DEFAULT_TUNING == defaults
