@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def workload(threads: int, phase1_steps: int, phase2_updates: int, data_root: Path) -> dict:
@@ -72,7 +71,8 @@ def busy_process() -> subprocess.Popen:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 0],
                     help="compute.threads values to compare (0 = torch default)")
     ap.add_argument("--repeats", type=int, default=2)

@@ -10,10 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from metabolism.experiment import read_analysis_log  # noqa: E402
+from metabolism.experiment import read_analysis_log
 
 METRICS = ["avg_slope_ratio", "MLP_node_slope_ratio_0", "MLP_node_slope_ratio_1",
            "embedding_cluster_acc", "embedding_n_clusters", "rate_constants_R2"]

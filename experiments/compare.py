@@ -13,18 +13,16 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+from metabolism.cli import HelpFormatter, run_main
+from metabolism.config import ConfigError, check_name
+from metabolism.explore.compare import (CompareError, collect_study_runs, format_table,
+                                        plot_trajectories)
 
-from metabolism.config import ConfigError, check_name  # noqa: E402
-from metabolism.cli import HelpFormatter  # noqa: E402
-from metabolism.explore.compare import (CompareError, collect_study_runs,  # noqa: E402
-                                        format_table, plot_trajectories)
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--study", required=True, help="exploration study name (tags.study)")
     p.add_argument("--experiment", default="phase2_homeostasis", help="MLflow experiment")
     p.add_argument("--out", type=Path, help="plot path (default studies/<study>/compare.png)")
@@ -43,4 +41,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -19,22 +19,20 @@ import os
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))  # this checkout's package, not another installed copy
+from metabolism.cli import (HelpFormatter, add_common_args, add_compute_args, compute_overrides,
+                            run_main)
+from metabolism.config import CONFIG_DIR, check_name, parse_override
+from metabolism.explore.agent import AgentHook
+from metabolism.explore.backends import BackendError, make_backend
+from metabolism.explore.loop import Study, StudySettings, load_base_configs
+from metabolism.explore.runners import (DEFAULT_RUNNER, RUNNER_ENV, RunnerError, check_runner,
+                                        export_run_options)
 
-from metabolism.cli import (HelpFormatter, add_common_args, add_compute_args,  # noqa: E402
-                            compute_overrides)
-from metabolism.config import CONFIG_DIR, check_name, parse_override  # noqa: E402
-from metabolism.explore.agent import AgentHook  # noqa: E402
-from metabolism.explore.backends import BackendError, make_backend  # noqa: E402
-from metabolism.explore.loop import Study, StudySettings, load_base_configs  # noqa: E402
-from metabolism.explore.runners import (DEFAULT_RUNNER, RUNNER_ENV, RunnerError,  # noqa: E402
-                                        check_runner, export_run_options)
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--study", required=True, help="study name (folder under --studies-root)")
     p.add_argument("--iterations", type=int, required=True, help="total iterations (nodes)")
     p.add_argument("--block-size", type=int, required=True,
@@ -108,4 +106,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

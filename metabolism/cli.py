@@ -106,9 +106,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def run_main(fn) -> None:
-    """Run fn(); turn expected failures into one line on stderr and a non-zero exit."""
+    """Run fn(); turn expected failures into one line on stderr and a non-zero exit.
+
+    A non-zero int that fn returns is the process's exit status.
+    """
     try:
-        fn()
+        status = fn()
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -119,3 +122,5 @@ def run_main(fn) -> None:
         print(f"interrupted{f' ({exc})' if str(exc) else ''}; a run in progress ended KILLED",
               file=sys.stderr)
         sys.exit(130)
+    if isinstance(status, int) and status:
+        sys.exit(status)

@@ -61,3 +61,23 @@ def test_config_default_is_shown():
     out, _ = _help("phase2")
     options = out.stdout.split("options:", 1)[1]
     assert "slot3.yaml" in options.split("--config CONFIG", 1)[1].split("--override")[0]
+
+
+ALL_SCRIPTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", ALL_SCRIPTS)
+def test_help_works_without_docstrings(script):
+    """`python -OO` strips docstrings: no script may need its own (or a module's) __doc__."""
+    out = subprocess.run([sys.executable, "-OO", str(ROOT / "experiments" / f"{script}.py"),
+                          "--help"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage:" in out.stdout
+
+
+@pytest.mark.parametrize("script", ALL_SCRIPTS)
+def test_one_entry_style(script):
+    """Every script runs through cli.run_main and imports the installed package as it is."""
+    source = (ROOT / "experiments" / f"{script}.py").read_text()
+    assert "run_main(main)" in source, f"{script}.py does not run through cli.run_main"
+    assert "sys.path" not in source, f"{script}.py edits sys.path"

@@ -1,13 +1,7 @@
 """The external agent hook: a configured command proposes the next mutation.
 
 The command gets the prompt on stdin (and its path in $EXPLORE_PROMPT_FILE) and answers on
-stdout with YAML or JSON (a ```yaml fence is fine):
-
-    mutation:                       # dotted config keys -> new values (required)
-      training.learning_rate_node_homeostasis: 0.03
-    strategy: residual_supervision  # optional: a strategy name or number 1-8 to enable
-    mode: slope-focus               # optional label for the Mode/Strategy line
-    rationale: one line             # optional
+stdout with YAML or JSON (a ```yaml fence is fine) in the shape ANSWER_FORMAT shows.
 
 The answer is validated like any config by the loop; any problem raises AgentError, which the
 loop logs and answers with the built-in proposer's mutation instead.
@@ -28,8 +22,17 @@ from metabolism.config import flatten
 from metabolism.explore.mutation import KNOBS, STRATEGY_NAMES, strategy_key
 
 MODES = ("exploit", "explore", "strategy-switch", "embedding-focus", "slope-focus")
-ANSWER_FORMAT = __doc__.split("stdout with YAML or JSON (a ```yaml fence is fine):", 1)[1].split(
-    "The answer is validated", 1)[0]
+# The answer's shape, shown to the agent in every prompt (a constant, not read from the
+# docstring: `python -OO` strips docstrings).
+ANSWER_FORMAT = """
+
+    mutation:                       # dotted config keys -> new values (required)
+      training.learning_rate_node_homeostasis: 0.03
+    strategy: residual_supervision  # optional: a strategy name or number 1-8 to enable
+    mode: slope-focus               # optional label for the Mode/Strategy line
+    rationale: one line             # optional
+
+"""
 
 
 class AgentError(ValueError):
