@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from metabolism.cli import HelpFormatter, run_main
-from metabolism.config import ConfigError, check_name
+from metabolism.config import DEFAULT_EXPERIMENT, ConfigError, check_name
 from metabolism.explore.compare import (CompareError, collect_study_runs, format_table,
                                         plot_trajectories)
 
@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--study", required=True, help="exploration study name (tags.study)")
-    p.add_argument("--experiment", default="phase2_homeostasis", help="MLflow experiment")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment")
     p.add_argument("--out", type=Path, help="plot path (default studies/<study>/compare.png)")
     args = p.parse_args(argv)
     try:

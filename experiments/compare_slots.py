@@ -15,11 +15,12 @@ import argparse
 from pathlib import Path
 
 from metabolism.cli import HelpFormatter, run_main
+from metabolism.config import DEFAULT_EXPERIMENT
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--experiment", default="phase2_homeostasis", help="MLflow experiment")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment")
     p.add_argument("--study", help="only the runs of this study (tags.study)")
     p.add_argument("--filter", default="",
                    help="MLflow search expression, e.g. \"tags.regime = 'default'\"")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from metabolism.cli import (HelpFormatter, add_common_args, add_compute_args, compute_overrides,
                             run_main)
-from metabolism.config import CONFIG_DIR, check_name, parse_override
+from metabolism.config import CONFIG_DIR, DEFAULT_EXPERIMENT, check_name, parse_override
 from metabolism.explore.agent import AgentHook
 from metabolism.explore.backends import BackendError, make_backend
 from metabolism.explore.loop import Study, StudySettings, load_base_configs
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         base = {} if (study_dir / "tree.json").exists() else load_base_configs(
             args.slots, args.config_dir, overrides)
         experiment = next(iter(base.values()))["tracking"]["experiment"] if base else \
-            "phase2_homeostasis"
+            DEFAULT_EXPERIMENT
         settings = StudySettings(study=args.study, iterations=args.iterations,
                                  block_size=args.block_size, slots=args.slots,
                                  ucb_c=args.ucb_c, base_configs=base, experiment=experiment,

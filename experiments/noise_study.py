@@ -16,8 +16,10 @@ import mlflow
 
 from metabolism import tracking
 from metabolism.cli import run_main
+from metabolism.config import DEFAULT_EXPERIMENT
 from metabolism.noise_study import PANELS, plot_against_noise, read_rows, summary
-from metabolism.study import _fmt, markdown_table
+from metabolism.formatting import cell
+from metabolism.study import markdown_table
 
 RUN_COLUMNS = ["study", "observation_noise", "observe_every", "slot", "seed", "status",
                "avg_slope_ratio", "MLP_node_slope_ratio_0", "MLP_node_slope_ratio_1",
@@ -31,7 +33,7 @@ def main() -> None:
     ap.add_argument("--studies", nargs="+", required=True,
                     help="study names (folders under --studies-root) to assemble")
     ap.add_argument("--studies-root", type=Path, default=Path("studies"))
-    ap.add_argument("--experiment", default="phase2_homeostasis")
+    ap.add_argument("--experiment", default=DEFAULT_EXPERIMENT)
     args = ap.parse_args()
 
     rows = read_rows([args.studies_root / s / "study.csv" for s in args.studies])
@@ -52,7 +54,7 @@ def main() -> None:
     with table.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
-        w.writerows({k: _fmt(v) for k, v in line.items()} for line in lines)
+        w.writerows({k: cell(v) for k, v in line.items()} for line in lines)
     with tracking.tracked_run(args.experiment, f"noise-study-{args.name}",
                               {"kind": "noise_study", "study": args.name}):
         tracking.log_params_flat({"studies": " ".join(args.studies), "runs": len(rows)})

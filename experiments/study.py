@@ -20,7 +20,7 @@ import yaml
 from metabolism.cli import (HelpFormatter, add_common_args, add_compute_args, compute_overrides,
                             run_main)
 from metabolism.config import (CONFIG_DIR, ConfigError, check_name, flatten, load_config,
-                               parse_override)
+                               parse_override, resolve_config_path)
 from metabolism.study import (VARIANTS, base_config_summary, missing_cells, plan, resume_rows,
                               run_cells, save_settings, write_report)
 
@@ -31,11 +31,10 @@ def regime_overrides(path: str | None) -> dict:
     """A regime file holds `regime:` plus simulation/model/phase1 sections; flattened."""
     if not path:
         return {}
-    p = Path(path)
-    if not p.is_file():
-        p = CONFIG_DIR / path
-    if not p.is_file():
-        raise ConfigError(f"--regime {path}: regime file not found")
+    try:
+        p = resolve_config_path(path)
+    except ConfigError:
+        raise ConfigError(f"--regime {path}: regime file not found") from None
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

@@ -10,9 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from metabolism.config import Config, ConfigError, load_config, parse_override
+from metabolism.config import DEFAULT_EXPERIMENT, Config, ConfigError, load_config, parse_override
 
-QUICK_EXPERIMENT = "phase2_homeostasis_quick"
+QUICK_EXPERIMENT = f"{DEFAULT_EXPERIMENT}_quick"
 
 # A tiny regime for smoke tests and `--quick`: every stage runs, in seconds.
 QUICK_OVERRIDES = {

@@ -24,9 +24,14 @@ from metabolism.memory import check_fits
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 
 # homeostasis_time_step is fixed per slot (seed instructions); a slot config may not change it.
+# slot_time_step() is the one place that rule is applied.
 SLOT_TIME_STEPS = {0: 4, 1: 16, 2: 32, 3: 64}
+TIME_STEP_RULE = f"fixed per slot ({'/'.join(map(str, SLOT_TIME_STEPS.values()))})"
 
 DEFAULT_REGIME = "default"
+
+# The MLflow experiment of Phase 2 runs unless a config's tracking.experiment says otherwise.
+DEFAULT_EXPERIMENT = "phase2_homeostasis"
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
@@ -266,7 +271,7 @@ class EvaluationConfig:
 
 @dataclass
 class TrackingConfig:
-    experiment: str = "phase2_homeostasis"
+    experiment: str = DEFAULT_EXPERIMENT
     run_name: str = ""
 
 
@@ -619,13 +624,18 @@ def _check_savgol(need, section: str, window: int, polyorder: int) -> None:
          "must be >= 0 and smaller than savgol_window (and < 5 with savgol_window 0)")
 
 
+def slot_time_step(slot: int) -> int:
+    """The homeostasis_time_step `slot` is fixed at; ConfigError for an unknown slot."""
+    if slot not in SLOT_TIME_STEPS:
+        raise ConfigError(f"slot: must be one of {sorted(SLOT_TIME_STEPS)}, got {slot}")
+    return SLOT_TIME_STEPS[slot]
+
+
 def _check_phase2_rules(cfg: Config) -> None:
     """The Phase 2 contract of the seed: fixed slot time steps, frozen regime and Phase 1."""
     tr = cfg.training
     if cfg.slot is not None:
-        if cfg.slot not in SLOT_TIME_STEPS:
-            raise ConfigError(f"slot: must be one of {sorted(SLOT_TIME_STEPS)}, got {cfg.slot}")
-        fixed = SLOT_TIME_STEPS[cfg.slot]
+        fixed = slot_time_step(cfg.slot)
         if tr.homeostasis_time_step != fixed:
             raise ConfigError(
                 f"training.homeostasis_time_step: fixed at {fixed} for slot {cfg.slot}, "

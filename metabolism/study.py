@@ -30,6 +30,7 @@ import numpy as np
 
 from metabolism.config import Config, ConfigError, LRSchedule, load_config
 from metabolism.files import write_text_atomically
+from metabolism.formatting import cell
 from metabolism.metric_keys import n_types_in, per_type_metric_keys
 from metabolism.verdict import classify_slope_ratio
 
@@ -406,16 +407,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.3g}"
-    return str(v)
-
-
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |")
+        lines.append("| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |")
     return "\n".join(lines)
 
 

@@ -66,10 +66,11 @@ def _sqlite_store_lock(uri: str) -> Iterator[None]:
 
 
 from metabolism.cli import QUICK_EXPERIMENT  # noqa: E402
+from metabolism.config import DEFAULT_EXPERIMENT  # noqa: E402
 
 # Shown on the experiment's page in the UI (its mlflow.note.content tag).
 EXPERIMENT_DESCRIPTIONS = {
-    "phase2_homeostasis": (
+    DEFAULT_EXPERIMENT: (
         "Phase 2 homeostasis runs: one run per slot config and seed (run name: origin-slot-"
         "time step-seed-time; origin is run, study-<name> or explore-<study>-iter<n>).\n\n"
         "Compare first: avg_slope_ratio (1.0 best), MLP_node_slope_ratio_<type>, "

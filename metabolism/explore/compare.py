@@ -6,12 +6,12 @@ Reading the tracking store proves the study is fully recorded there: one row per
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from metabolism.config import SLOT_TIME_STEPS
 from metabolism.explore.tree import reward
+from metabolism.formatting import number
 from metabolism.metric_keys import n_types_in, per_type_metric_keys
 
 
@@ -64,7 +64,8 @@ def collect_study_runs(study: str, experiment: str) -> list[IterationRow]:
 
 
 def _num(x, fmt=".4g") -> str:
-    return "n/a" if x is None or not math.isfinite(x) else format(x, fmt)
+    """A table number; 'n/a' for a missing or non-finite one."""
+    return number(x, fmt, nonfinite="n/a")
 
 
 def best_per_slot(rows: list[IterationRow]) -> dict[int, IterationRow]:

@@ -13,26 +13,17 @@ slot; empty at a block boundary (the next parent is then root).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any
 
 from metabolism.config import SLOT_TIME_STEPS
 from metabolism.explore.mutation import (SHORT_NAMES, STRATEGY_NAMES, format_mutation,
                                          get_dotted, strategy_key, strategy_number)
 from metabolism.explore.tree import CONVERGED, FAILED, PARTIAL, Node, Tree, classify
 from metabolism.files import write_text_atomically
+from metabolism.formatting import number
 from metabolism.metric_keys import n_types_in, per_type_metric_keys
 
 MEMORY_MAX_LINES = 300
-
-
-def _num(x: Any, fmt: str = ".4g") -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return "n/a"
-    return format(v, fmt) if math.isfinite(v) else str(v)
 
 
 def config_line(config: dict) -> str:
@@ -48,7 +39,7 @@ def metrics_line(node: Node) -> str:
     per_type = per_type_metric_keys(n, ("MLP_node_slope_ratio", "MLP_node_offset_ratio"))
     keys = ["avg_slope_ratio", *(k for t in range(n) for k in per_type[t::n]),  # type by type
             "embedding_cluster_acc", "embedding_n_clusters", "rate_constants_R2"]
-    return "Metrics: " + ", ".join(f"{k.replace('MLP_node_', '')}={_num(m.get(k))}"
+    return "Metrics: " + ", ".join(f"{k.replace('MLP_node_', '')}={number(m.get(k))}"
                                    for k in keys)
 
 
@@ -58,8 +49,8 @@ def visual_line(node: Node) -> str:
         return "Visual: no plots (run failed)"
     m = node.metrics
     types = range(n_types_in(m))
-    learned = "/".join(_num(m.get(f"MLP_node_slope_{t}"), ".2g") for t in types) or "n/a"
-    gt = "/".join(_num(m.get(f"MLP_node_gt_slope_{t}"), ".2g") for t in types) or "n/a"
+    learned = "/".join(number(m.get(f"MLP_node_slope_{t}"), ".2g") for t in types) or "n/a"
+    gt = "/".join(number(m.get(f"MLP_node_gt_slope_{t}"), ".2g") for t in types) or "n/a"
     magnitude = m.get("phase2_node_magnitude")
     r = node.avg_slope_ratio
     active = magnitude is not None and magnitude > 1e-6 and r is not None and abs(r) > 0.05
@@ -75,7 +66,7 @@ def visual_line(node: Node) -> str:
     else:
         emb = "clustered"
     return (f"Visual: MLP_node={'active' if active else 'inactive'}: slopes {learned} vs GT {gt}, "
-            f"{shape}, Embeddings={emb}: {_num(n_cl, '.0f')} clusters, acc={_num(acc, '.2f')}")
+            f"{shape}, Embeddings={emb}: {number(n_cl, '.0f')} clusters, acc={number(acc, '.2f')}")
 
 
 def strategy_line(node: Node) -> str:
@@ -95,14 +86,14 @@ def observation_line(node: Node, tree: Tree) -> str:
         return f"Observation: run failed ({node.error}); counted as a failed node"
     r = node.avg_slope_ratio
     parent = tree.nodes.get(node.parent) if node.parent != "root" else None
-    text = f"avg_slope_ratio={_num(r)} ({node.status}), reward={node.reward:.3f}"
+    text = f"avg_slope_ratio={number(r)} ({node.status}), reward={node.reward:.3f}"
     if parent is not None:
         delta = node.reward - parent.reward
         verdict = "improved" if delta > 1e-9 else "regressed" if delta < -1e-9 else "no change"
         text += f", {verdict} vs parent {parent.id} (reward {parent.reward:.3f})"
     r2 = node.metrics.get("rate_constants_R2")
     if r2 is not None and r2 < 0.5:
-        text += f"; WARNING rate_constants_R2={_num(r2)} < 0.5 (Phase 1 freezing broken?)"
+        text += f"; WARNING rate_constants_R2={number(r2)} < 0.5 (Phase 1 freezing broken?)"
     if node.rationale:
         text += f"; proposal: {node.rationale}"
     return "Observation: " + text
@@ -149,7 +140,7 @@ def render_ucb(tree: Tree, block: int | None, c: float) -> str:
             lines.append(f"Node {e.node}: UCB={e.score:.4f}, mean_reward={e.mean_reward:.4f}, "
                          f"visits={e.visits}, parent_visits={e.parent_visits}, "
                          f"parent={e.parent}, slot={slot}, status={n.status}, "
-                         f"avg_slope_ratio={_num(n.avg_slope_ratio)}")
+                         f"avg_slope_ratio={number(n.avg_slope_ratio)}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -176,8 +167,8 @@ def _principles(tree: Tree, done: list[Node]) -> list[str]:
             lines.append(f"- slot_{slot} (time_step={ts}): no successful run yet")
             continue
         lines.append(f"- slot_{slot} (time_step={ts}): best node {best.id} ({best.status}, "
-                     f"avg_slope_ratio={_num(best.avg_slope_ratio)}, "
-                     f"embedding_cluster_acc={_num(best.metrics.get('embedding_cluster_acc'))}, "
+                     f"avg_slope_ratio={number(best.avg_slope_ratio)}, "
+                     f"embedding_cluster_acc={number(best.metrics.get('embedding_cluster_acc'))}, "
                      f"reward={best.reward:.3f}) with {_short_config(best.config)}")
     effects: dict[str, list[int]] = {}
     for n in done:
@@ -214,15 +205,15 @@ def _strategy_table(done: list[Node]) -> list[str]:
         count = {s: sum(n.status == s for n in nodes) for s in (CONVERGED, PARTIAL, FAILED)}
         best = _best(nodes)
         lines.append(f"| {label} | {len(nodes)} | {count[CONVERGED]} | {count[PARTIAL]} | "
-                     f"{count[FAILED]} | {_num(best.avg_slope_ratio if best else None)} | "
+                     f"{count[FAILED]} | {number(best.avg_slope_ratio if best else None)} | "
                      f"{sum(n.reward for n in nodes) / len(nodes):.3f} |")
     return lines
 
 
 def _node_line(n: Node) -> str:
     return (f"- Iter {n.id} [slot_{n.slot}] {n.status}: parent={n.parent}, mode={n.mode}, "
-            f"avg_slope_ratio={_num(n.avg_slope_ratio)}, "
-            f"acc={_num(n.metrics.get('embedding_cluster_acc'))}, reward={n.reward:.3f}, "
+            f"avg_slope_ratio={number(n.avg_slope_ratio)}, "
+            f"acc={number(n.metrics.get('embedding_cluster_acc'))}, reward={n.reward:.3f}, "
             f"mutation={format_mutation(n.mutation)}"
             + (f", error={n.error}" if n.error else ""))
 
@@ -246,7 +237,7 @@ def render_memory(tree: Tree, study: str, max_lines: int = MEMORY_MAX_LINES) -> 
         for b in range(max(0, current - 40), current):
             best = _best([n for n in done if n.block == b])
             desc = (f"best node {best.id} slot_{best.slot} avg_slope_ratio="
-                    f"{_num(best.avg_slope_ratio)} reward={best.reward:.3f} "
+                    f"{number(best.avg_slope_ratio)} reward={best.reward:.3f} "
                     f"({_short_config(best.config)})" if best else "no successful run")
             out.append(f"- block {b}: {sum(n.block == b for n in done)} iterations, {desc}")
     return "\n".join(out[:max_lines]) + "\n"

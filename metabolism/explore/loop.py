@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from metabolism.config import (SLOT_TIME_STEPS, ConfigError, check_name, config_from_dict,
-                               load_config)
+from metabolism.config import (DEFAULT_EXPERIMENT, SLOT_TIME_STEPS, ConfigError, check_name,
+                               config_from_dict, load_config, slot_time_step)
 from metabolism.explore import logs
 from metabolism.explore.agent import AgentError, AgentHook, build_prompt
 from metabolism.explore.backends import Job, LocalBackend
@@ -50,9 +50,17 @@ class StudySettings:
     ucb_c: float = 1.0
     slope_weight: float = SLOPE_WEIGHT
     base_configs: dict[int, dict] = field(default_factory=dict)
-    experiment: str = "phase2_homeostasis"
+    experiment: str = DEFAULT_EXPERIMENT
     track: bool = True
     overrides: dict[str, Any] = field(default_factory=dict)  # --override, applied to the bases
+
+    def block_of(self, nid: int) -> int:
+        """The block (0-based) iteration `nid` (1-based) belongs to."""
+        return (nid - 1) // self.block_size
+
+    def starts_block(self, nid: int) -> bool:
+        """Iteration `nid` is the first of its block."""
+        return (nid - 1) % self.block_size == 0
 
     def validate(self) -> None:
         try:
@@ -83,7 +91,7 @@ def load_base_configs(slots: list[int], config_dir: Path, overrides: dict[str, A
         data = load_config(path, overrides).to_dict()
         if data.get("slot") is None:
             data["slot"] = s
-            data["training"]["homeostasis_time_step"] = SLOT_TIME_STEPS[s]
+            data["training"]["homeostasis_time_step"] = slot_time_step(s)
         elif data["slot"] != s:
             raise StudyError(f"{path}: declares slot {data['slot']}, expected {s}")
         out[s] = config_from_dict(data, source=str(path)).to_dict()
@@ -156,9 +164,9 @@ class Study:
     def _ucb_block(self) -> int | None:
         """Block whose UCB scores the next iteration uses; None at a block boundary."""
         nid = self.tree.next_id()
-        if (nid - 1) % self.settings.block_size == 0:
+        if self.settings.starts_block(nid):
             return None
-        return (nid - 1) // self.settings.block_size
+        return self.settings.block_of(nid)
 
     # ------------------------------------------------------------------ main loop
 
@@ -188,9 +196,7 @@ class Study:
         slots = [slot for k, slot in enumerate(s.slots) if start + k <= s.iterations]
         parents = {}
         for k, slot in enumerate(slots):
-            nid = start + k
-            block = (nid - 1) // s.block_size
-            parents[slot] = tree.select_parent(slot, block, s.ucb_c)
+            parents[slot] = tree.select_parent(slot, s.block_of(start + k), s.ucb_c)
             prev = tree.slot_nodes(slot)
             if prev:
                 prev[-1].next_parent = parents[slot]
@@ -206,7 +212,7 @@ class Study:
 
     def _plan_node(self, nid: int, slot: int, parent: int | str, rnd: int) -> Node:
         s, tree = self.settings, self.tree
-        block = (nid - 1) // s.block_size
+        block = s.block_of(nid)
         parent_node = tree.nodes[parent] if parent != ROOT else None
         parent_config = parent_node.config if parent_node else s.base_configs[slot]
         block_start = parent == ROOT
@@ -243,7 +249,7 @@ class Study:
         plots: dict[str, str] = {}
         for n in ([tree.nodes[parent]] if parent != ROOT else []) + last:
             plots.update({f"node{n.id}_{k}": v for k, v in n.plots.items()})
-        block = (nid - 1) // self.settings.block_size
+        block = self.settings.block_of(nid)
         prompt = build_prompt(
             study=self.settings.study, iteration=nid, slot=slot, parent=parent,
             parent_config=parent_config, block_boundary=block_start and nid > 1,
@@ -304,8 +310,7 @@ class Study:
         for k, slot in enumerate(s.slots):
             prev = tree.slot_nodes(slot)
             if prev and prev[-1].next_parent is None:
-                block = (nid + k - 1) // s.block_size
-                prev[-1].next_parent = tree.select_parent(slot, block, s.ucb_c)
+                prev[-1].next_parent = tree.select_parent(slot, s.block_of(nid + k), s.ucb_c)
         self._save()
         self._plot()
         self._end_tracking()

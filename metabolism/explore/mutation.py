@@ -14,32 +14,23 @@ import dataclasses
 import json
 from typing import Any
 
-from metabolism.config import ConfigError, StrategiesConfig, config_from_dict, flatten, set_dotted
+from metabolism.config import (TIME_STEP_RULE, ConfigError, StrategiesConfig, config_from_dict,
+                               flatten, set_dotted)
 
 # The Phase 2 knobs of the seed (parameter exploration order: lr_node, lr_emb, duration, batch).
-KNOBS = (
-    "training.learning_rate_node_homeostasis",
-    "training.learning_rate_embedding_homeostasis",
-    "training.data_augmentation_loop",
-    "training.batch_size",
-)
-KNOB_RANGES = {
-    "training.learning_rate_node_homeostasis": (1e-4, 1e-1),
-    "training.learning_rate_embedding_homeostasis": (1e-4, 1e-1),
-    "training.data_augmentation_loop": (100, 5000),
-    "training.batch_size": (4, 32),
-}
-SHORT_NAMES = {
-    "training.learning_rate_node_homeostasis": "lr_node_homeo",
-    "training.learning_rate_embedding_homeostasis": "lr_emb_homeo",
-    "training.data_augmentation_loop": "data_augmentation_loop",
-    "training.batch_size": "batch_size",
-}
+LR_NODE = "training.learning_rate_node_homeostasis"
+LR_EMB = "training.learning_rate_embedding_homeostasis"
+DAL = "training.data_augmentation_loop"
+BATCH = "training.batch_size"
+KNOB_RANGES = {LR_NODE: (1e-4, 1e-1), LR_EMB: (1e-4, 1e-1), DAL: (100, 5000), BATCH: (4, 32)}
+KNOBS = tuple(KNOB_RANGES)
+SHORT_NAMES = {LR_NODE: "lr_node_homeo", LR_EMB: "lr_emb_homeo", DAL: "data_augmentation_loop",
+               BATCH: "batch_size"}
 # The seed numbers its literature strategies 1-8 in this order (the config's field order).
 STRATEGY_NAMES = tuple(f.name for f in dataclasses.fields(StrategiesConfig))
 
 _FORBIDDEN_WHY = {
-    "training.homeostasis_time_step": "fixed per slot (4/16/32/64); a mutation may not change it",
+    "training.homeostasis_time_step": f"{TIME_STEP_RULE}; a mutation may not change it",
     "training.freeze_stoichiometry": "must stay true in Phase 2",
     "training.skip_phase1": "must stay true in Phase 2",
     "training.homeostasis_training": "must stay true in Phase 2",

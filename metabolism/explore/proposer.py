@@ -18,16 +18,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from metabolism.explore.mutation import (KNOB_RANGES, STRATEGY_NAMES, get_dotted, strategy_key,
-                                         strategy_number)
+from metabolism.explore.mutation import (BATCH, DAL, KNOB_RANGES, LR_EMB, LR_NODE, STRATEGY_NAMES,
+                                         get_dotted, strategy_key, strategy_number)
 from metabolism.explore.tree import CONVERGED, FAILED, Node, Tree, classify
 
-LR_NODE, LR_EMB, DAL, BATCH = (
-    "training.learning_rate_node_homeostasis",
-    "training.learning_rate_embedding_homeostasis",
-    "training.data_augmentation_loop",
-    "training.batch_size",
-)
 NEAR_ZERO = 0.1
 EMB_STUCK = 0.75
 EMB_SEPARATED = 0.9
