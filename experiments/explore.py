@@ -24,7 +24,7 @@ from metabolism.cli import (HelpFormatter, add_common_args, add_compute_args, co
 from metabolism.config import CONFIG_DIR, DEFAULT_EXPERIMENT, check_name, parse_override
 from metabolism.explore.agent import AgentHook
 from metabolism.explore.backends import BackendError, make_backend
-from metabolism.explore.loop import Study, StudySettings, load_base_configs
+from metabolism.explore.loop import ExplorationLoop, ExplorationSettings, load_base_configs
 from metabolism.explore.runners import (DEFAULT_RUNNER, RUNNER_ENV, RunnerError, check_runner,
                                         export_run_options)
 
@@ -80,10 +80,11 @@ def main(argv: list[str] | None = None) -> int:
             args.slots, args.config_dir, overrides)
         experiment = next(iter(base.values()))["tracking"]["experiment"] if base else \
             DEFAULT_EXPERIMENT
-        settings = StudySettings(study=args.study, iterations=args.iterations,
-                                 block_size=args.block_size, slots=args.slots,
-                                 ucb_c=args.ucb_c, base_configs=base, experiment=experiment,
-                                 track=not args.no_mlflow, overrides=given)
+        settings = ExplorationSettings(study=args.study, iterations=args.iterations,
+                                       block_size=args.block_size, slots=args.slots,
+                                       ucb_c=args.ucb_c, base_configs=base,
+                                       experiment=experiment, track=not args.no_mlflow,
+                                       overrides=given)
         settings.validate()
         ray_env = None
         if args.backend == "ray":  # Ray workers inherit no environment: hand them the run
@@ -92,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             ray_env = {"env_vars": {**run_options, "MLFLOW_TRACKING_URI": tracking_uri()}}
         backend = make_backend(args.backend, args.address, args.workers, runtime_env=ray_env)
         agent = AgentHook(args.agent_command, args.agent_timeout) if args.agent_command else None
-        study = Study(settings, study_dir, runner=args.runner, backend=backend, agent=agent,
-                      instructions=args.instructions)
+        study = ExplorationLoop(settings, study_dir, runner=args.runner, backend=backend,
+                                agent=agent, instructions=args.instructions)
     except (ValueError, BackendError, RunnerError, OSError) as exc:
-        # ValueError covers ConfigError, StudyError and an unreadable tree.json
+        # ValueError covers ConfigError, ExplorationError and an unreadable tree.json
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:

@@ -8,7 +8,7 @@ import yaml
 
 from metabolism.config import SLOT_TIME_STEPS, config_from_dict
 from metabolism.explore.backends import InlineBackend
-from metabolism.explore.loop import Study, StudySettings
+from metabolism.explore.loop import ExplorationLoop, ExplorationSettings
 from metabolism.explore.tree import Node
 
 SYNTHETIC = "metabolism.explore.runners:synthetic_runner"
@@ -29,12 +29,13 @@ def write_slot_yamls(folder: Path, slots=(0, 1, 2, 3)) -> Path:
 
 def make_study(tmp_path: Path, iterations=8, block_size=4, slots=(0, 1, 2, 3),
                runner=SYNTHETIC, agent=None, track=False, study="t", ucb_c=1.0,
-               backend=None, plot=False) -> Study:
-    settings = StudySettings(study=study, iterations=iterations, block_size=block_size,
-                             slots=list(slots), ucb_c=ucb_c, base_configs=base_configs(slots),
-                             track=track)
-    return Study(settings, tmp_path / study, runner=runner, backend=backend or InlineBackend(),
-                 agent=agent, log=lambda line: None, plot=plot)
+               backend=None, plot=False) -> ExplorationLoop:
+    settings = ExplorationSettings(study=study, iterations=iterations, block_size=block_size,
+                                   slots=list(slots), ucb_c=ucb_c,
+                                   base_configs=base_configs(slots), track=track)
+    return ExplorationLoop(settings, tmp_path / study, runner=runner,
+                           backend=backend or InlineBackend(), agent=agent,
+                           log=lambda line: None, plot=plot)
 
 
 def node(id, parent, reward, slot=0, block=0, metrics=None, error=None, status="partial"):

@@ -82,10 +82,11 @@ def test_bad_agent_answer_is_logged_and_replaced_by_builtin(tmp_path, body, why)
 
 def test_agent_reads_the_seed_instructions_shipped_in_the_repository(tmp_path):
     """A clone has no ../shared: the agent's instructions come from docs/seed in the repo."""
-    from metabolism.explore.loop import DEFAULT_INSTRUCTIONS, REPO_ROOT, StudyError, read_instructions
+    from metabolism.explore.loop import (DEFAULT_INSTRUCTIONS, REPO_ROOT, ExplorationError,
+                                         read_instructions)
     assert DEFAULT_INSTRUCTIONS.is_relative_to(REPO_ROOT) and DEFAULT_INSTRUCTIONS.is_file()
     text = read_instructions(None)
     assert "Phase 2" in text and "MLP_node" in text
-    with pytest.raises(StudyError, match="no_such_file.txt"):
+    with pytest.raises(ExplorationError, match="no_such_file.txt"):
         read_instructions(tmp_path / "no_such_file.txt")
 

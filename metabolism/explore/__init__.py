@@ -7,8 +7,10 @@ Modules, one idea each:
   agent     the external agent hook (a command that answers with a mutation)
   logs      <study>_analysis.md, <study>_memory.md and ucb_scores.txt, regenerated from the tree
   backends  where slot runs execute: a local process pool or a Ray cluster
-  study_tracking  the study as an MLflow parent run, iterations as tagged child runs
+  exploration_tracking  the exploration study as an MLflow parent run, iterations as tagged
+            child runs
   runners   the plug-in that performs one slot run (real Phase 2 or deterministic fakes)
   plots     the tree plot
-  loop      the study loop: plan a round, run it, record it, resume after a kill
+  loop      the exploration loop (ExplorationLoop): plan a round, run it, record it, resume
+            after a kill
 """

@@ -1,4 +1,4 @@
-"""The study loop: plan a round (one iteration per slot), run it in parallel, record it.
+"""The exploration loop: plan a round (one iteration per slot), run it in parallel, record it.
 
 Crash safety comes from the order of writes to the tree file (studies/<name>/tree.json):
 a round is planned (ids, parents, mutations, configs) and saved as `pending` nodes before any
@@ -35,12 +35,12 @@ DEFAULT_INSTRUCTIONS = REPO_ROOT / "docs" / "seed" / "phase2_homeostasis_instruc
 ROUND_PLOT_MIN_S = 20.0
 
 
-class StudyError(ValueError):
+class ExplorationError(ValueError):
     """A study cannot start or resume as asked; one line naming the setting."""
 
 
 @dataclass
-class StudySettings:
+class ExplorationSettings:
     """What defines a study; persisted in the tree so a resume continues the same study."""
 
     study: str
@@ -66,19 +66,20 @@ class StudySettings:
         try:
             check_name(self.study, "--study")
         except ConfigError as exc:
-            raise StudyError(str(exc)) from None
+            raise ExplorationError(str(exc)) from None
         if not self.slots or len(set(self.slots)) != len(self.slots):
-            raise StudyError(f"--slots {self.slots}: need distinct slots")
+            raise ExplorationError(f"--slots {self.slots}: need distinct slots")
         bad = [s for s in self.slots if s not in SLOT_TIME_STEPS]
         if bad:
-            raise StudyError(f"--slots: {bad[0]} is not one of {sorted(SLOT_TIME_STEPS)}")
+            raise ExplorationError(f"--slots: {bad[0]} is not one of {sorted(SLOT_TIME_STEPS)}")
         if self.iterations < 1:
-            raise StudyError(f"--iterations {self.iterations}: must be >= 1")
+            raise ExplorationError(f"--iterations {self.iterations}: must be >= 1")
         if self.block_size < 1 or self.block_size % len(self.slots):
-            raise StudyError(f"--block-size {self.block_size}: must be a positive multiple of "
-                             f"the number of slots ({len(self.slots)}) so rounds fit in blocks")
+            raise ExplorationError(f"--block-size {self.block_size}: must be a positive multiple "
+                                   f"of the number of slots ({len(self.slots)}) so rounds fit "
+                                   "in blocks")
         if self.ucb_c < 0:
-            raise StudyError(f"--ucb-c {self.ucb_c}: must be >= 0")
+            raise ExplorationError(f"--ucb-c {self.ucb_c}: must be >= 0")
 
 
 def load_base_configs(slots: list[int], config_dir: Path, overrides: dict[str, Any]) -> dict:
@@ -87,13 +88,13 @@ def load_base_configs(slots: list[int], config_dir: Path, overrides: dict[str, A
     for s in slots:
         path = Path(config_dir) / f"slot{s}.yaml"
         if not path.is_file():
-            raise StudyError(f"{path}: base config of slot {s} not found")
+            raise ExplorationError(f"{path}: base config of slot {s} not found")
         data = load_config(path, overrides).to_dict()
         if data.get("slot") is None:
             data["slot"] = s
             data["training"]["homeostasis_time_step"] = slot_time_step(s)
         elif data["slot"] != s:
-            raise StudyError(f"{path}: declares slot {data['slot']}, expected {s}")
+            raise ExplorationError(f"{path}: declares slot {data['slot']}, expected {s}")
         out[s] = config_from_dict(data, source=str(path)).to_dict()
     return out
 
@@ -102,15 +103,15 @@ def read_instructions(path: Path | None) -> str:
     """The seed instructions for the agent: `path` if given, else the repository's copy."""
     p = Path(path) if path else DEFAULT_INSTRUCTIONS
     if not p.is_file():
-        raise StudyError(f"--instructions {p}: no such file")
+        raise ExplorationError(f"--instructions {p}: no such file")
     return p.read_text()
 
 
-class Study:
+class ExplorationLoop:
     """One exploration study in `study_dir`; `run()` is resumable at any point."""
 
-    def __init__(self, settings: StudySettings, study_dir: Path, *, runner: str = DEFAULT_RUNNER,
-                 backend=None, agent: AgentHook | None = None,
+    def __init__(self, settings: ExplorationSettings, study_dir: Path, *,
+                 runner: str = DEFAULT_RUNNER, backend=None, agent: AgentHook | None = None,
                  instructions: Path | None = None, log: Callable[[str], None] = print,
                  plot: bool = True):
         settings.validate()
@@ -133,7 +134,7 @@ class Study:
         s = self.settings
         if not self.tree_path.exists():
             if not s.base_configs:
-                raise StudyError("study: no base configs given")
+                raise ExplorationError("study: no base configs given")
             s.base_configs = {int(k): v for k, v in s.base_configs.items()}
             return Tree(asdict(s))
         tree = Tree.load(self.tree_path)
@@ -141,14 +142,14 @@ class Study:
         for key in ("block_size", "slots", "ucb_c"):
             if stored.get(key) != getattr(s, key):
                 flag = "--" + key.replace("_", "-")
-                raise StudyError(f"{flag} {getattr(s, key)}: study {s.study} was started with "
-                                 f"{stored.get(key)}; use those or a new --study name")
+                raise ExplorationError(f"{flag} {getattr(s, key)}: study {s.study} was started "
+                                       f"with {stored.get(key)}; use those or a new --study name")
         # a resume keeps the stored base configs: a changed --override would be ignored silently
         if "overrides" in stored and json.loads(json.dumps(s.overrides)) != stored["overrides"]:
             given = " ".join(f"{k}={v}" for k, v in s.overrides.items()) or "none"
             started = " ".join(f"{k}={v}" for k, v in stored["overrides"].items()) or "none"
-            raise StudyError(f"--override {given}: study {s.study} was started with {started}; "
-                             "use those or a new --study name")
+            raise ExplorationError(f"--override {given}: study {s.study} was started with "
+                                   f"{started}; use those or a new --study name")
         # The stored base configs define the roots; the tree keeps using them.
         s.base_configs = {int(k): v for k, v in stored["base_configs"].items()}
         s.experiment = stored.get("experiment", s.experiment)
@@ -331,9 +332,9 @@ class Study:
     def _start_tracking(self) -> None:
         if not self.settings.track:
             return
-        from metabolism.explore.study_tracking import StudyTracker
+        from metabolism.explore.exploration_tracking import ExplorationTracker
 
-        self._mlflow = StudyTracker(self.settings.experiment, self.settings.study)
+        self._mlflow = ExplorationTracker(self.settings.experiment, self.settings.study)
         if not self.tree.study_run_id:
             self.tree.study_run_id = self._mlflow.create_study_run(
                 {k: v for k, v in asdict(self.settings).items() if k != "base_configs"})

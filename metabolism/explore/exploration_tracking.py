@@ -1,4 +1,4 @@
-"""MLflow bookkeeping of a study: the study is a parent run, every iteration a child run.
+"""MLflow bookkeeping of an exploration study: a parent run, every iteration a child run.
 
 The runner logs its own run (nested under the study run, with our tags); this module makes
 the tags a guarantee rather than a hope: it re-applies them on the runner's run, creates a
@@ -15,7 +15,7 @@ from metabolism import tracking
 from metabolism.tracking import PROCESS_TAG, process_tag
 
 
-class StudyTracker:
+class ExplorationTracker:
     def __init__(self, experiment: str, study: str):
         self.experiment_id = tracking.setup_experiment(experiment)
         self.client = tracking.client()
