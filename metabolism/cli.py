@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from metabolism.config import DEFAULT_EXPERIMENT, Config, ConfigError, load_config, parse_override
+from metabolism.config import (DEFAULT_EXPERIMENT, Config, ConfigError, RolloutBackend, choices,
+                               load_config, parse_override)
 
 QUICK_EXPERIMENT = f"{DEFAULT_EXPERIMENT}_quick"
 
@@ -55,7 +56,7 @@ def add_compute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch intra-op CPU threads per run (compute.threads; 0 = torch's "
                         "default, every core)")
-    p.add_argument("--rollout-backend", choices=["auto", "torch", "triton"],
+    p.add_argument("--rollout-backend", choices=list(choices(RolloutBackend)),
                    help="Phase 2 rollouts: auto (fused kernel on CUDA), torch, or triton "
                         "(compute.rollout_backend)")
 

@@ -15,7 +15,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -34,6 +34,27 @@ DEFAULT_REGIME = "default"
 DEFAULT_EXPERIMENT = "phase2_homeostasis"
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+# The values each mode setting may take: the annotation documents them, choices() lists them
+# for the validators and the command line.
+DerivativeMode = Literal["auto", "difference", "window", "savgol"]
+TypeAssignment = Literal["contiguous", "random"]
+ResidualLoss = Literal["mse", "huber"]
+ResidualTarget = Literal["residual", "conserved_law"]
+ContrastiveMode = Literal["attract", "neighbour"]
+TrainingDtype = Literal["float32", "float64"]
+RolloutBackend = Literal["auto", "torch", "triton"]
+
+
+def choices(mode: Any) -> tuple[str, ...]:
+    """The values of a mode type, e.g. choices(RolloutBackend) == ('auto', 'torch', 'triton')."""
+    return typing.get_args(mode)
+
+
+def _quoted_choices(mode: Any) -> str:
+    """"'a' or 'b'", "'a', 'b' or 'c'": the choices as a validation message lists them."""
+    quoted = [f"'{c}'" for c in choices(mode)]
+    return ", ".join(quoted[:-1]) + f" or {quoted[-1]}"
 
 
 
@@ -68,7 +89,7 @@ class SimulationConfig:
     # "contiguous": types are blocks of metabolite indices (the seed's default regime);
     # "random": a seeded permutation of those blocks, so a metabolite's index says nothing of
     # its type
-    type_assignment: str = field(default="contiguous")
+    type_assignment: TypeAssignment = field(default="contiguous")
     # share of the metabolites per type (normalised); empty = equal groups
     type_proportions: list[float] = field(default_factory=list)
 
@@ -104,7 +125,7 @@ class Phase1Config:
     # "window" (integrated over `window` frames: [c(t+W) - c(t)] / W against the rate law
     # averaged along the observed frames), "savgol" (Savitzky-Golay derivative), or "auto"
     # (window when the noise estimated from the data exceeds observations.NOISE_THRESHOLD)
-    derivative: str = "auto"
+    derivative: DerivativeMode = "auto"
     window: int = 0  # frames; 0 = chosen from the estimated noise level
     savgol_window: int = 0  # frames, odd; 0 = chosen from the estimated noise level
     savgol_polyorder: int = 3
@@ -123,17 +144,17 @@ class ResidualSupervision:
 
     enabled: bool = False
     weight: float = 1.0
-    loss: str = "mse"
+    loss: ResidualLoss = "mse"
     huber_scale: float = 1.0
     # residual targets: "difference" (one observed frame), "window" (integrated over `window`
     # frames: c(t+W) - c(t) - the frozen reaction term summed along the observed trajectory,
     # per unit time), "savgol" (smoothed derivative, a baseline) or "auto" (window when the
     # noise estimated from the data exceeds metabolism.observations.NOISE_THRESHOLD)
-    targets: str = "auto"
+    targets: DerivativeMode = "auto"
     window: int = 0  # frames; 0 = the slot's homeostasis_time_step
     savgol_window: int = 0  # frames, odd; 0 = chosen from the estimated noise level
     savgol_polyorder: int = 3
-    target: str = "residual"
+    target: ResidualTarget = "residual"
 
 
 @dataclass
@@ -155,7 +176,7 @@ class Contrastive:
     n_grid: int = 16
     temperature: float = 0.1
     start_fraction: float = 0.5
-    mode: str = "attract"
+    mode: ContrastiveMode = "attract"
     center_curves: bool = False  # compare curve shapes only (each minus its own mean)
     # the curves are compared on n_grid points between these quantiles of all training
     # concentrations: the range the data constrains, not MLP_node's extrapolation
@@ -284,10 +305,10 @@ class ComputeConfig:
     # torch intra-op threads; 0 = torch's default (every core). 1: on these small matrices extra
     # threads buy little alone and collapse when the cores are shared (benchmarks/shared_cpu.py)
     threads: int = 1
-    dtype: str = "float32"  # Phase 2 training precision: float32 | float64
+    dtype: TrainingDtype = "float32"  # Phase 2 training precision
     # auto: the fused Triton kernel on CUDA, torch elsewhere; triton forces the kernel (CPU
     # tensors need TRITON_INTERPRET=1); torch forces the reference
-    rollout_backend: str = "auto"
+    rollout_backend: RolloutBackend = "auto"
 
 
 @dataclass
@@ -369,6 +390,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is Literal:  # a mode: its type here, its value checked by the validators below
+        return _coerce(value, type(typing.get_args(tp)[0]), key)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true/false, got {value!r}")
@@ -473,8 +496,8 @@ def _check_simulation(sim: SimulationConfig) -> None:
          "every value must be > 0")
     need(all(v >= 0 for v in sim.baseline_per_type), "simulation.baseline_per_type",
          "every value must be >= 0")
-    need(sim.type_assignment in ("contiguous", "random"), "simulation.type_assignment",
-         "must be 'contiguous' or 'random'")
+    need(sim.type_assignment in choices(TypeAssignment), "simulation.type_assignment",
+         f"must be {_quoted_choices(TypeAssignment)}")
     props = sim.type_proportions
     need(not props or (len(props) == sim.n_metabolite_types and all(p > 0 for p in props)),
          "simulation.type_proportions",
@@ -501,11 +524,11 @@ def _check_strategies(st: StrategiesConfig) -> None:
     need, pre = _need, "training.strategies"
     rs = st.residual_supervision
     need(rs.weight >= 0, f"{pre}.residual_supervision.weight", "must be >= 0")
-    need(rs.loss in ("mse", "huber"), f"{pre}.residual_supervision.loss",
-         "must be 'mse' or 'huber'")
+    need(rs.loss in choices(ResidualLoss), f"{pre}.residual_supervision.loss",
+         f"must be {_quoted_choices(ResidualLoss)}")
     need(rs.huber_scale > 0, f"{pre}.residual_supervision.huber_scale", "must be > 0")
-    need(rs.target in ("residual", "conserved_law"), f"{pre}.residual_supervision.target",
-         "must be 'residual' or 'conserved_law'")
+    need(rs.target in choices(ResidualTarget), f"{pre}.residual_supervision.target",
+         f"must be {_quoted_choices(ResidualTarget)}")
     am = st.amplification
     need(am.factor > 0, f"{pre}.amplification.factor", "must be > 0")
     _check_fractions(am, f"{pre}.amplification", ("anneal_start", "anneal_end"))
@@ -516,8 +539,8 @@ def _check_strategies(st: StrategiesConfig) -> None:
     need(co.n_grid >= 2, f"{pre}.contrastive.n_grid", "must be >= 2")
     need(co.temperature > 0, f"{pre}.contrastive.temperature", "must be > 0")
     _check_fractions(co, f"{pre}.contrastive", ("start_fraction",))
-    need(co.mode in ("attract", "neighbour"), f"{pre}.contrastive.mode",
-         "must be 'attract' or 'neighbour'")
+    need(co.mode in choices(ContrastiveMode), f"{pre}.contrastive.mode",
+         f"must be {_quoted_choices(ContrastiveMode)}")
     need(all(0 < f < 1 for f in co.reassign_at), f"{pre}.contrastive.reassign_at",
          "must be fractions of training in (0, 1)")
     _check_at_least(co, f"{pre}.contrastive", {"reassign_frames": 1, "reassign_neighbours": 1})
@@ -542,9 +565,10 @@ def _check_compute(comp: ComputeConfig) -> None:
     need(DEVICE_PATTERN.match(comp.device) is not None, "compute.device",
          f"must be auto, cpu, cuda or cuda:N, got {comp.device!r}")
     need(comp.threads >= 0, "compute.threads", "must be >= 0 (0 = torch's default)")
-    need(comp.dtype in ("float32", "float64"), "compute.dtype", "must be 'float32' or 'float64'")
-    need(comp.rollout_backend in ("auto", "torch", "triton"), "compute.rollout_backend",
-         "must be 'auto', 'torch' or 'triton'")
+    need(comp.dtype in choices(TrainingDtype), "compute.dtype",
+         f"must be {_quoted_choices(TrainingDtype)}")
+    need(comp.rollout_backend in choices(RolloutBackend), "compute.rollout_backend",
+         f"must be {_quoted_choices(RolloutBackend)}")
 
 
 def _check_ranges(cfg: Config) -> None:
@@ -613,8 +637,8 @@ def _check_observations(cfg: Config) -> int:
     return n_observed
 
 
-DERIVATIVE_MODES = ("auto", "difference", "window", "savgol")
-RESIDUAL_TARGETS = ("auto", "difference", "window", "savgol")
+DERIVATIVE_MODES = choices(DerivativeMode)
+RESIDUAL_TARGETS = choices(DerivativeMode)  # residual targets are built like Phase 1's
 
 
 def _check_savgol(need, section: str, window: int, polyorder: int) -> None:

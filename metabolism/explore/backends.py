@@ -1,7 +1,7 @@
 """Where slot runs execute: a local process pool (default) or an existing Ray cluster.
 
 Both take a list of jobs and yield `(node_id, outcome)` as runs complete, in completion
-order; an outcome is the plain dict of `runners.execute_job`. A worker that dies (killed,
+order; an outcome is the `runners.RunOutcome` of `runners.execute_job`. A worker that dies (killed,
 out of memory) yields a failed outcome for its job instead of stopping the loop.
 """
 
@@ -15,7 +15,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from metabolism.explore.runners import execute_job
+from metabolism.explore.runners import RunOutcome, execute_job
 
 
 class BackendError(RuntimeError):
@@ -29,11 +29,6 @@ class Job:
     config: dict[str, Any]
     parent_run_id: str | None
     tags: dict[str, str] = field(default_factory=dict)
-
-
-def _failed(error: str) -> dict[str, Any]:
-    return {"ok": False, "metrics": {}, "run_dir": None, "plots": {}, "mlflow_run_id": None,
-            "error": error}
 
 
 def _init_worker(threads: int) -> None:
@@ -54,7 +49,7 @@ def _init_worker(threads: int) -> None:
 class InlineBackend:
     """Runs jobs one after another in this process: for debugging (pdb works) and fast tests."""
 
-    def run(self, jobs: list[Job]) -> Iterator[tuple[int, dict[str, Any]]]:
+    def run(self, jobs: list[Job]) -> Iterator[tuple[int, RunOutcome]]:
         for j in jobs:
             yield j.node_id, execute_job(j.runner, j.config, j.parent_run_id, j.tags)
 
@@ -78,7 +73,7 @@ class LocalBackend:
                 initializer=_init_worker, initargs=(self._threads,))
         return self._pool
 
-    def run(self, jobs: list[Job]) -> Iterator[tuple[int, dict[str, Any]]]:
+    def run(self, jobs: list[Job]) -> Iterator[tuple[int, RunOutcome]]:
         pool = self._get_pool()
         futures = {pool.submit(execute_job, j.runner, j.config, j.parent_run_id, j.tags): j
                    for j in jobs}
@@ -91,9 +86,9 @@ class LocalBackend:
                     outcome = fut.result()
                 except BrokenProcessPool:
                     broken = True
-                    outcome = _failed("worker process died (killed or out of memory)")
+                    outcome = RunOutcome.failed("worker process died (killed or out of memory)")
                 except Exception as exc:  # pickling errors and the like
-                    outcome = _failed(f"{type(exc).__name__}: {exc}".splitlines()[0])
+                    outcome = RunOutcome.failed(f"{type(exc).__name__}: {exc}".splitlines()[0])
                 yield futures[fut].node_id, outcome
         if broken:
             self.close()
@@ -157,11 +152,11 @@ class RayBackend:
                     result = exc
                 yield refs[ref], result
 
-    def run(self, jobs: list[Job]) -> Iterator[tuple[int, dict[str, Any]]]:
+    def run(self, jobs: list[Job]) -> Iterator[tuple[int, RunOutcome]]:
         calls = [(j.runner, j.config, j.parent_run_id, j.tags) for j in jobs]
         for i, outcome in self.map(execute_job, calls):
             if isinstance(outcome, Exception):
-                outcome = _failed(f"ray task failed: {type(outcome).__name__}")
+                outcome = RunOutcome.failed(f"ray task failed: {type(outcome).__name__}")
             yield jobs[i].node_id, outcome
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from metabolism.explore.agent import AgentError, AgentHook, build_prompt
 from metabolism.explore.backends import Job, LocalBackend
 from metabolism.explore.mutation import apply_mutation, format_mutation
 from metabolism.explore.proposer import BuiltinProposer, Proposal
-from metabolism.explore.runners import DEFAULT_RUNNER
+from metabolism.explore.runners import DEFAULT_RUNNER, RunOutcome
 from metabolism.explore.tree import FAILED, ROOT, SLOPE_WEIGHT, Node, Tree, classify, reward
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -290,17 +290,17 @@ class ExplorationLoop:
         if time.monotonic() - started > ROUND_PLOT_MIN_S:  # negligible next to real runs
             self._plot()
 
-    def _record(self, node: Node, outcome: dict[str, Any]) -> None:
-        node.metrics = dict(outcome.get("metrics") or {})
-        node.plots = dict(outcome.get("plots") or {})
-        node.run_dir = outcome.get("run_dir")
-        node.mlflow_run_id = outcome.get("mlflow_run_id")
-        if outcome.get("ok"):
+    def _record(self, node: Node, outcome: RunOutcome) -> None:
+        node.metrics = dict(outcome.metrics)
+        node.plots = dict(outcome.plots)
+        node.run_dir = outcome.run_dir
+        node.mlflow_run_id = outcome.mlflow_run_id
+        if outcome.ok:
             node.error = None
             node.status = classify(node.avg_slope_ratio)
             node.reward = reward(node.metrics, self.settings.slope_weight)
         else:
-            node.error = outcome.get("error") or "run failed"
+            node.error = outcome.error or "run failed"
             node.status = FAILED
             node.reward = 0.0
         self._track_node(node)

@@ -30,6 +30,24 @@ class RunnerError(ValueError):
     """A runner spec that cannot be resolved; the message is one line."""
 
 
+@dataclass
+class RunOutcome:
+    """What the loop learns of one slot run, from any runner and any backend (picklable, so it
+    crosses process and Ray boundaries)."""
+
+    ok: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+    run_dir: str | None = None
+    plots: dict[str, str] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, error: str) -> RunOutcome:
+        """A run that produced nothing: `error` says why in one line."""
+        return cls(ok=False, error=error)
+
+
 def resolve_runner(spec: str) -> Callable[..., Any]:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
@@ -88,31 +106,27 @@ def _one_line(exc: BaseException) -> str:
 
 
 def execute_job(runner_spec: str, config: dict[str, Any], parent_run_id: str | None,
-                tags: dict[str, str]) -> dict[str, Any]:
-    """Run one job wherever we are (pool worker, Ray worker); never raises.
-
-    Returns a plain, picklable dict: ok, metrics, run_dir, plots, mlflow_run_id, error.
-    """
+                tags: dict[str, str]) -> RunOutcome:
+    """Run one job wherever we are (pool worker, Ray worker); never raises."""
     try:
         cfg = config_from_dict(config, source=f"<node {tags.get('node_id')}>")
         result = resolve_runner(runner_spec)(cfg, parent_run_id, dict(tags))
         status = str(getattr(result, "status", "FINISHED"))
         metrics = {k: float(v) for k, v in dict(getattr(result, "metrics", {}) or {}).items()}
-        out = {
-            "ok": status == "FINISHED",
-            "metrics": metrics,
-            "run_dir": str(result.run_dir) if getattr(result, "run_dir", None) else None,
-            "plots": {k: str(v) for k, v in (getattr(result, "plots", {}) or {}).items()},
-            "mlflow_run_id": getattr(result, "mlflow_run_id", None) or None,
-            "error": None if status == "FINISHED" else f"run ended with status {status}",
-        }
+        out = RunOutcome(
+            ok=status == "FINISHED",
+            metrics=metrics,
+            run_dir=str(result.run_dir) if getattr(result, "run_dir", None) else None,
+            plots={k: str(v) for k, v in (getattr(result, "plots", {}) or {}).items()},
+            mlflow_run_id=getattr(result, "mlflow_run_id", None) or None,
+            error=None if status == "FINISHED" else f"run ended with status {status}",
+        )
         bad = [k for k in ("avg_slope_ratio",) if not math.isfinite(metrics.get(k, math.nan))]
-        if out["ok"] and bad:
-            out.update(ok=False, error=f"diverged: {bad[0]} is not finite")
+        if out.ok and bad:
+            out.ok, out.error = False, f"diverged: {bad[0]} is not finite"
         return out
     except Exception as exc:  # a failed run must become a failed node, not a dead loop
-        return {"ok": False, "metrics": {}, "run_dir": None, "plots": {}, "mlflow_run_id": None,
-                "error": _one_line(exc)}
+        return RunOutcome.failed(_one_line(exc))
 
 
 # --------------------------------------------------------------------------- synthetic runners
