@@ -48,7 +48,6 @@ class MetabolismModel(nn.Module):
     """
 
     PHASE1_PREFIXES = ("log10_k", "mlp_sub.")
-    PHASE2_PREFIXES = ("mlp_node.", "embeddings")
 
     def __init__(self, stoich: Stoichiometry, cfg: ModelConfig, concentration_scale: float = 1.0):
         super().__init__()
@@ -112,9 +111,6 @@ class MetabolismModel(nn.Module):
 
     def phase1_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if n.startswith(self.PHASE1_PREFIXES)]
-
-    def phase2_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.named_parameters() if n.startswith(self.PHASE2_PREFIXES)]
 
     def phase1_state(self) -> dict[str, torch.Tensor]:
         return {n: t for n, t in self.state_dict().items() if n.startswith(self.PHASE1_PREFIXES)}
