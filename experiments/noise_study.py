@@ -10,6 +10,7 @@ holds both and the assembled CSV.
 
 import argparse
 import csv
+import io
 from pathlib import Path
 
 import mlflow
@@ -18,6 +19,7 @@ from metabolism import tracking
 from metabolism.cli import run_main
 from metabolism.config import DEFAULT_EXPERIMENT
 from metabolism.noise_study import PANELS, plot_against_noise, read_rows, summary
+from metabolism.files import write_text_atomically
 from metabolism.formatting import cell
 from metabolism.study import markdown_table
 
@@ -45,16 +47,17 @@ def main() -> None:
     rows = sorted(rows, key=lambda r: (r.get("observe_every", 1), r.get("observation_noise", 0),
                                        r["slot"], r["seed"]))
     md = out / "noise_study.md"
-    md.write_text("\n".join([
+    write_text_atomically(md, "\n".join([
         f"# Noise study {args.name}", "", f"Studies: {', '.join(args.studies)}", "",
         "## Per noise level and slot (means over the seeds run)", "",
         markdown_table(lines, cols), "", "## Every run", "", markdown_table(rows, RUN_COLUMNS),
         "", f"![metrics against noise]({fig.name})", ""]))
     table = out / "noise_study.csv"
-    with table.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows({k: cell(v) for k, v in line.items()} for line in lines)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    w.writerows({k: cell(v) for k, v in line.items()} for line in lines)
+    write_text_atomically(table, buf.getvalue())
     with tracking.tracked_run(args.experiment, f"noise-study-{args.name}",
                               {"kind": "noise_study", "study": args.name}):
         tracking.log_params_flat({"studies": " ".join(args.studies), "runs": len(rows)})

@@ -261,7 +261,7 @@ class _Evaluator:
 def write_analysis_log(path: Path, metrics: dict[str, float], header: dict[str, str]) -> None:
     lines = [f"# {k}: {v}" for k, v in header.items()]
     lines += [f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}" for k, v in metrics.items()]
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomically(path, "\n".join(lines) + "\n")
 
 
 def read_analysis_log(path: Path) -> dict[str, float]:
@@ -348,7 +348,7 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
     run_name = cfg.tracking.run_name or default_run_name(cfg, extra_tags)
     run_dir = new_run_dir(runs_root / cfg.tracking.experiment / (
         f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}" if cfg.tracking.run_name else run_name))
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    write_text_atomically(run_dir / "config.yaml", cfg.to_yaml())
     tr = cfg.training
     device = compute.setup(cfg.compute)
     tags = {**compute.device_tags(device), "rollout_backend": cfg.compute.rollout_backend,

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from metabolism.config import flatten
+from metabolism.files import write_text_atomically
 from metabolism.explore.mutation import KNOBS, STRATEGY_NAMES, strategy_key
 
 MODES = ("exploit", "explore", "strategy-switch", "embedding-focus", "slope-focus")
@@ -133,8 +134,7 @@ class AgentHook:
         self.workdir = workdir
 
     def ask(self, prompt: str, prompt_file: Path) -> tuple[str, AgentAnswer]:
-        prompt_file.parent.mkdir(parents=True, exist_ok=True)
-        prompt_file.write_text(prompt)
+        write_text_atomically(prompt_file, prompt)
         env = dict(os.environ, EXPLORE_PROMPT_FILE=str(prompt_file))
         try:
             proc = subprocess.run(self.command, shell=True, input=prompt, capture_output=True,

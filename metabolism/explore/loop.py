@@ -24,6 +24,7 @@ from metabolism.explore.mutation import apply_mutation, format_mutation
 from metabolism.explore.proposer import BuiltinProposer, Proposal
 from metabolism.explore.runners import DEFAULT_RUNNER, RunOutcome
 from metabolism.explore.tree import FAILED, ROOT, SLOPE_WEIGHT, Node, Tree, classify, reward
+from metabolism.files import write_text_atomically
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The research instructions an agent receives live in the repository, so a clone runs alone.
@@ -260,7 +261,7 @@ class ExplorationLoop:
             last_results="\n".join(logs.analysis_entry(n, tree) for n in last),
             plots=plots, builtin_suggestion=f"{builtin.mode}: {builtin.changes or 'no change'}")
         answer_text, answer = self.agent.ask(prompt, self.dir / "agent" / f"iter_{nid}_prompt.md")
-        (self.dir / "agent" / f"iter_{nid}_answer.txt").write_text(answer_text)
+        write_text_atomically(self.dir / "agent" / f"iter_{nid}_answer.txt", answer_text)
         return answer
 
     def _agent_log(self, line: str) -> None:
