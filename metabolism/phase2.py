@@ -4,6 +4,11 @@ Read top to bottom: set-up, then one loop over optimizer updates, each averaging
 `accumulation_steps` mini-batches of rollouts (plus the auxiliary losses the config enables).
 The trainer sees a `TrainingData` (concentrations + stoichiometry): metabolite types are not
 in it, so no strategy can use them.
+
+A strategy that adds a loss term, acts between updates or marks the loss plot is a
+`Phase2Strategy` listed in STRATEGIES; the loop calls its hooks and knows no strategy by name.
+Strategies that only shape the rollout (length, weights, amplification, learning rate,
+accumulation, reaction gradient) are the pure functions of metabolism.strategies the loop reads.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from metabolism import strategies as strat
-from metabolism.config import TrainingConfig
+from metabolism.config import StrategiesConfig, TrainingConfig
 from metabolism.data import TrainingData
 from metabolism.model import MetabolismModel
 from metabolism.rollout import rollout
@@ -60,24 +65,151 @@ def evaluation_loss(model, conc: torch.Tensor, time_step: int, delta_t: float,
         return float(((pred - conc[starts[:, None] + offsets]) ** 2).mean())
 
 
+class Phase2Setup:
+    """What strategies build on: the training inputs, and the residual targets, computed once
+    when the first strategy asks for them."""
+
+    def __init__(self, model: MetabolismModel, data: TrainingData, conc: torch.Tensor,
+                 cfg: TrainingConfig, result: Phase2Result):
+        self.model, self.data, self.conc, self.cfg, self.result = model, data, conc, cfg, result
+        self.device = conc.device
+        self._residual: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def residual_targets(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, residual) pairs of strategy 1's targets; records which targets were used."""
+        if self._residual is None:
+            st, data = self.cfg.strategies, self.data
+            x, y, self.result.residual_targets = strat.residual_targets_for(
+                self.model, self.conc, data.delta_t, data.observe_every, st,
+                self.cfg.homeostasis_time_step)
+            if st.residual_supervision.target == "conserved_law":
+                y = strat.conserved_law_targets(data, x, y)
+            self._residual = (x, y)
+        return self._residual
+
+
+class Phase2Strategy:
+    """A strategy's hooks into the Phase 2 loop; each does nothing unless overridden.
+
+    `term` names the objective term `loss` adds (a key of Phase2Result.components), None for a
+    strategy without a loss. Built only when `enabled` says the config turns it on.
+    """
+
+    term: str | None = None
+
+    @staticmethod
+    def enabled(st: StrategiesConfig) -> bool:
+        raise NotImplementedError
+
+    @staticmethod
+    def events(st: StrategiesConfig, n_updates: int) -> dict[str, list[int]]:
+        """Updates at which the strategy switches on or acts, for the loss plot."""
+        return {}
+
+    def __init__(self, setup: Phase2Setup):
+        self.setup = setup
+
+    def before_update(self, step: int) -> None:
+        """Called before update `step` computes any loss."""
+
+    def loss(self, frac: float) -> torch.Tensor | None:
+        """This strategy's weighted term for one mini-batch at training fraction `frac`."""
+        return None
+
+
+class ResidualSupervision(Phase2Strategy):
+    """Strategy 1: MLP_node fitted to the residual of the frozen reaction term."""
+
+    term = "residual_supervision"
+
+    @staticmethod
+    def enabled(st: StrategiesConfig) -> bool:
+        return st.residual_supervision.enabled
+
+    def __init__(self, setup: Phase2Setup):
+        super().__init__(setup)
+        self.x, self.y = setup.residual_targets()
+        self.scale = strat.residual_scale(self.y)
+
+    def loss(self, frac: float) -> torch.Tensor:
+        s = self.setup
+        rs = s.cfg.strategies.residual_supervision
+        n = s.cfg.batch_size * s.cfg.homeostasis_time_step
+        idx = torch.randint(0, self.x.shape[0], (n,)).to(s.device)
+        return rs.weight * strat.residual_loss(s.model, self.x[idx], self.y[idx],
+                                               s.cfg.strategies, self.scale)
+
+
+class Contrastive(Phase2Strategy):
+    """Strategy 3: embeddings pulled together by their learned responses, from start_fraction
+    on; at each reassign_at fraction every embedding jumps to its best-fitting neighbours'."""
+
+    term = "contrastive"
+
+    @staticmethod
+    def enabled(st: StrategiesConfig) -> bool:
+        return st.contrastive.enabled
+
+    @staticmethod
+    def events(st: StrategiesConfig, n_updates: int) -> dict[str, list[int]]:
+        co, n = st.contrastive, n_updates
+        events = {"contrastive attraction starts": [math.ceil(co.start_fraction * n)]}
+        if co.reassign_at:
+            events["embeddings reassigned"] = sorted({round(f * n) for f in co.reassign_at})
+        return events
+
+    def __init__(self, setup: Phase2Setup):
+        super().__init__(setup)
+        co, n = setup.cfg.strategies.contrastive, setup.cfg.data_augmentation_loop
+        self.reassign_steps = {round(f * n) for f in co.reassign_at}
+        if self.reassign_steps:  # the targets first: the order the set-up has always had
+            self.x, self.y = setup.residual_targets()
+        self.grid = strat.contrastive_grid(setup.conc, setup.cfg.strategies)
+
+    def before_update(self, step: int) -> None:
+        if step in self.reassign_steps:
+            s = self.setup
+            co = s.cfg.strategies.contrastive
+            errors = strat.fit_errors(s.model, self.x, self.y, co.reassign_frames,
+                                      seed=s.cfg.seed + step)
+            strat.reassign_embeddings(s.model, errors, co.reassign_neighbours)
+
+    def loss(self, frac: float) -> torch.Tensor | None:
+        s = self.setup
+        co = s.cfg.strategies.contrastive
+        if frac < co.start_fraction:
+            return None
+        return co.weight * strat.contrastive_loss(s.model, self.grid, s.cfg.strategies)
+
+
+class Curriculum(Phase2Strategy):
+    """Strategy 5: shorter rollouts first (strategies.rollout_length); here only its mark on
+    the loss plot."""
+
+    @staticmethod
+    def enabled(st: StrategiesConfig) -> bool:
+        return st.curriculum.enabled
+
+    @staticmethod
+    def events(st: StrategiesConfig, n_updates: int) -> dict[str, list[int]]:
+        return {"curriculum switch": [math.ceil(st.curriculum.switch_at * n_updates)]}
+
+
+# Built in this order, and their terms added in this order (it fixes the random draws).
+STRATEGIES: tuple[type[Phase2Strategy], ...] = (ResidualSupervision, Contrastive, Curriculum)
+
+
 def objective_terms(cfg: TrainingConfig) -> list[str]:
     """The terms of the Phase 2 objective under this config."""
-    st = cfg.strategies
-    return (["rollout"] + (["residual_supervision"] if st.residual_supervision.enabled else [])
-            + (["contrastive"] if st.contrastive.enabled else []))
+    return ["rollout"] + [c.term for c in STRATEGIES if c.term and c.enabled(cfg.strategies)]
 
 
 def strategy_events(cfg: TrainingConfig) -> dict[str, list[int]]:
     """Updates at which a strategy switches on or acts, for the loss plot."""
-    st, n = cfg.strategies, cfg.data_augmentation_loop
     events: dict[str, list[int]] = {}
-    if st.contrastive.enabled:
-        events["contrastive attraction starts"] = [math.ceil(st.contrastive.start_fraction * n)]
-        if st.contrastive.reassign_at:
-            events["embeddings reassigned"] = sorted({round(f * n) for f in
-                                                      st.contrastive.reassign_at})
-    if st.curriculum.enabled:
-        events["curriculum switch"] = [math.ceil(st.curriculum.switch_at * n)]
+    for c in STRATEGIES:
+        if c.enabled(cfg.strategies):
+            events.update(c.events(cfg.strategies, cfg.data_augmentation_loop))
     return events
 
 
@@ -105,31 +237,19 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
         {"params": [model.embeddings], "lr": cfg.learning_rate_embedding_homeostasis},
     ])
     base_lrs = [g["lr"] for g in opt.param_groups]
-    reassign = st.contrastive.enabled and bool(st.contrastive.reassign_at)
     result = Phase2Result()
-    if st.residual_supervision.enabled or reassign:
-        res_x, res_y, result.residual_targets = strat.residual_targets_for(
-            model, conc, dt, substeps, st, T)
-        if st.residual_supervision.target == "conserved_law":
-            res_y = strat.conserved_law_targets(data, res_x, res_y)
-    if st.residual_supervision.enabled:
-        res_scale = strat.residual_scale(res_y)
-    if st.contrastive.enabled:
-        grid = strat.contrastive_grid(conc, st)
+    setup = Phase2Setup(model, data, conc, cfg, result)
+    active = [c(setup) for c in STRATEGIES if c.enabled(st)]
 
     n_updates = cfg.data_augmentation_loop
-    reassign_steps = ({round(f * n_updates) for f in st.contrastive.reassign_at}
-                      if reassign else set())
     accum = strat.accumulation_steps(st)
     start = time.perf_counter()
     bar = tqdm(range(n_updates), desc=f"phase 2 (T={T})", disable=not progress,
                mininterval=1.0)
     for step in bar:
         frac = step / max(1, n_updates)
-        if step in reassign_steps:
-            errors = strat.fit_errors(model, res_x, res_y, st.contrastive.reassign_frames,
-                                      seed=cfg.seed + step)
-            strat.reassign_embeddings(model, errors, st.contrastive.reassign_neighbours)
+        for s in active:
+            s.before_update(step)
         mult = strat.lr_multiplier(st, frac)
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * mult
@@ -149,16 +269,11 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
             loss_rollout = (((pred - target) ** 2).mean((0, 2)) * w).mean()
             loss = cfg.rollout_loss_weight * loss_rollout
             terms["rollout"] += loss.item() / accum
-            if st.residual_supervision.enabled:
-                idx = torch.randint(0, res_x.shape[0], (cfg.batch_size * T,)).to(device)
-                term = st.residual_supervision.weight * strat.residual_loss(
-                    model, res_x[idx], res_y[idx], st, res_scale)
-                terms["residual_supervision"] += term.item() / accum
-                loss = loss + term
-            if st.contrastive.enabled and frac >= st.contrastive.start_fraction:
-                term = st.contrastive.weight * strat.contrastive_loss(model, grid, st)
-                terms["contrastive"] += term.item() / accum
-                loss = loss + term
+            for s in active:
+                term = s.loss(frac)
+                if term is not None:
+                    terms[s.term] += term.item() / accum
+                    loss = loss + term
             (loss / accum).backward()
             total += loss.item() / accum
             rollout_total += loss_rollout.item() / accum

@@ -511,3 +511,47 @@ def test_each_strategy_changes_training(tiny_phase1, name):
     same = all(torch.equal(a, b) for a, b in zip(base.state_dict().values(),
                                                  m.state_dict().values()))
     assert not same, f"{name} had no effect on training"
+
+
+# ----------------------------------------------------------------------------- plug-in interface
+
+
+def test_a_strategy_plugs_in_as_one_class(tiny_phase1, monkeypatch):
+    """A Phase2Strategy listed in STRATEGIES gets its hooks called by the loop: its term enters
+    the total and the recorded components, its events the loss plot's, with no other change."""
+    cfg0, data_root, ckpt, _ = tiny_phase1
+    calls = {"before": [], "loss": []}
+
+    class Nudge(phase2_mod.Phase2Strategy):
+        term = "nudge"
+
+        @staticmethod
+        def enabled(st):
+            return True
+
+        @staticmethod
+        def events(st, n_updates):
+            return {"nudge starts": [2]}
+
+        def before_update(self, step):
+            calls["before"].append(step)
+
+        def loss(self, frac):
+            calls["loss"].append(frac)
+            if frac < 0.5:
+                return None
+            return 1e-3 * self.setup.model.embeddings.square().sum()
+
+    monkeypatch.setattr(phase2_mod, "STRATEGIES", (*phase2_mod.STRATEGIES, Nudge))
+    cfg = config_from_dict(tiny_dict(**{"training.data_augmentation_loop": 4}))
+    assert phase2_mod.objective_terms(cfg.training)[-1] == "nudge"
+    assert phase2_mod.strategy_events(cfg.training)["nudge starts"] == [2]
+    data = load_training_data(dataset_dir(cfg, data_root))
+    result = train_phase2(load_phase1_model(ckpt, data, cfg), data, cfg.training, progress=False)
+    accum = strat.accumulation_steps(cfg.training.strategies)
+    assert calls["before"] == [0, 1, 2, 3]
+    assert calls["loss"] == [s / 4 for s in range(4) for _ in range(accum)]
+    nudge = result.components["nudge"]
+    assert nudge[:2] == [0.0, 0.0] and all(v > 0 for v in nudge[2:])
+    for k in range(4):
+        assert result.losses[k] == pytest.approx(sum(v[k] for v in result.components.values()))
