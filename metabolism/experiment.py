@@ -391,6 +391,7 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
         losses_so_far: list[float] = []
 
         def on_update(step: int, loss: float) -> None:
+            tracking.check_killed()
             losses_so_far.append(loss)
             curve.add("phase2_train_loss", loss, step)
 

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -185,19 +186,40 @@ class RunKilled(KeyboardInterrupt):
 @contextlib.contextmanager
 def _signals_end_runs() -> Iterator[None]:
     """While a run is open in the main thread, SIGTERM raises RunKilled (default: the process
-    just dies and the run stays RUNNING). SIGINT already raises KeyboardInterrupt."""
+    just dies and the run stays RUNNING). SIGINT already raises KeyboardInterrupt.
+
+    A signal raised while a garbage-collector callback runs is printed and dropped by Python;
+    so the request is also remembered, check_killed() (called at every training update)
+    raises it again, and the dropped one is not printed as a traceback."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def on_term(signum, frame):
-        raise RunKilled(f"signal {signal.Signals(signum).name}")
+        _kill_request.append(f"signal {signal.Signals(signum).name}")
+        raise RunKilled(_kill_request[0])
+
+    def unraisable(info) -> None:
+        if not isinstance(info.exc_value, KeyboardInterrupt):  # RunKilled: raised again later
+            previous_hook(info)
 
     previous = signal.signal(signal.SIGTERM, on_term)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook
+        _kill_request.clear()
+
+
+_kill_request: list[str] = []
+
+
+def check_killed() -> None:
+    """Raise RunKilled if SIGTERM arrived (in case its first raise was dropped)."""
+    if _kill_request:
+        raise RunKilled(_kill_request[0])
 
 
 @contextlib.contextmanager

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 OPEN_STORE = "from metabolism import tracking; print(tracking.setup_experiment('race'))"
@@ -23,3 +25,28 @@ def test_parallel_runs_can_open_a_fresh_sqlite_store(tmp_path):
         assert p.returncode == 0, err.strip().splitlines()[-1]
     ids = {out.strip().splitlines()[-1] for out, _ in outs}
     assert len(ids) == 1  # one experiment, seen by all
+
+
+def test_sigterm_dropped_inside_a_gc_callback_still_ends_the_run_killed(mlflow_uri, capfd):
+    """Python drops (and prints) an exception raised in __del__ or a weakref callback; a
+    SIGTERM that lands there must still end the run KILLED at the next check, unprinted."""
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from metabolism import tracking
+
+    class SignalledWhileCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # the handler runs here, inside __del__
+
+    with pytest.raises(tracking.RunKilled):
+        with tracking.tracked_run("e", "r") as run:
+            SignalledWhileCollected()  # collected at once: the RunKilled is dropped
+            tracking.check_killed()
+            pytest.fail("the dropped SIGTERM was not raised again")
+    assert MlflowClient(mlflow_uri).get_run(run.info.run_id).info.status == "KILLED"
+    assert "Traceback" not in capfd.readouterr().err
+    tracking.check_killed()  # the request ended with the run
