@@ -201,6 +201,7 @@ def _run_in_pools(args: list[tuple], workers: int, done: Callable[[dict[str, Any
     suspects: set[int] = set()  # in flight when a pool broke: rerun alone
     pool = _new_pool(workers)
     running: dict[Any, int] = {}
+    known: dict[int, Any] = {}  # pid -> the pool's worker process
     try:
         with _signals_as_requests() as stop_request:
             while pending or running:
@@ -211,6 +212,8 @@ def _run_in_pools(args: list[tuple], workers: int, done: Callable[[dict[str, Any
                     i = pending.popleft()
                     running[pool.submit(_run_cell, *args[i])] = i
                     alone = alone or i in suspects
+                # our own handles on the workers: a broken pool may drop its list of them
+                known.update({w.pid: w for w in _workers(pool)})
                 finished, _ = wait(running, timeout=2.0, return_when=FIRST_COMPLETED)
                 lost = []
                 if not finished and _a_worker_died(pool):
@@ -231,7 +234,7 @@ def _run_in_pools(args: list[tuple], workers: int, done: Callable[[dict[str, Any
                     else:
                         lost.append(i)
                 running.clear()
-                victims = _died_by_themselves(pool)  # before the siblings are stopped
+                victims = _died_by_themselves(known)  # before the siblings are stopped
                 _stop_workers(pool)
                 dead = on_worker_death(victims)
                 named = {i for i in lost if cell_label(args[i][0]) in dead}
@@ -243,7 +246,7 @@ def _run_in_pools(args: list[tuple], workers: int, done: Callable[[dict[str, Any
                         if not named:
                             suspects.add(i)
                         pending.appendleft(i)
-                pool = _new_pool(workers)
+                pool, known = _new_pool(workers), {}
     finally:  # done, or interrupted: an interrupted driver takes its workers with it
         _stop_workers(pool)
 
@@ -302,12 +305,25 @@ def _a_worker_died(pool: ProcessPoolExecutor) -> bool:
     return any(not p.is_alive() for p in _workers(pool))
 
 
-def _died_by_themselves(pool: ProcessPoolExecutor) -> set[int]:
+def _died_by_themselves(workers: dict[int, Any]) -> set[int]:
     """Pids of workers that have exited other than by SIGTERM: killed from outside (kill -9,
     the OOM killer) or crashed. A sibling the broken pool terminates exits by SIGTERM, or
     ends its run KILLED itself, so its cell is run again rather than failed."""
-    return {p.pid for p in _workers(pool)
-            if p.exitcode is not None and p.exitcode != -signal.SIGTERM}
+    return {pid for pid, p in workers.items()
+            if p.exitcode != -signal.SIGTERM and (p.exitcode is not None or _is_dead(pid))}
+
+
+def _is_dead(pid: int) -> bool:
+    """Gone or a zombie. exitcode can read None for a dead worker while the pool's own thread
+    is collecting its exit status at the same moment."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:

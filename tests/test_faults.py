@@ -76,14 +76,20 @@ def _running_with_losses(uri: str, at_least: int):
     return runs and _loss_points(uri, runs[0].info.run_id) >= at_least and runs[0]
 
 
-def test_sigterm_ends_a_phase2_run_killed_with_its_loss_curve(tmp_path, tiny_phase1):
-    proc, uri = _start_long_run(tmp_path, tiny_phase1)
+def _sigterm_once_training(proc: subprocess.Popen, uri: str, points: int):
+    """SIGTERM the command once its run has `points` loss points; (that run, its stderr)."""
     try:
-        run = _wait_for(lambda: _running_with_losses(uri, 100), 240, "100 loss points")
+        run = _wait_for(lambda: _running_with_losses(uri, points), 300, f"{points} loss points")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
+    return run, err
+
+
+def test_sigterm_ends_a_phase2_run_killed_with_its_loss_curve(tmp_path, tiny_phase1):
+    proc, uri = _start_long_run(tmp_path, tiny_phase1)
+    run, err = _sigterm_once_training(proc, uri, 100)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "SIGTERM" in err, err
     ended = MlflowClient(tracking_uri=uri).get_run(run.info.run_id)
@@ -156,6 +162,12 @@ def _study_setup(tmp_path: Path, tiny_phase1, updates: int):
     return cmd, uri
 
 
+def _two_cells_training(uri: str):
+    """Both cells' runs RUNNING with at least 50 loss points each (then those runs)."""
+    runs = [r for r in _runs(uri) if r.info.status == "RUNNING" and "cell" in r.data.tags]
+    return len(runs) == 2 and all(_loss_points(uri, r.info.run_id) >= 50 for r in runs) and runs
+
+
 def _rows(tmp_path: Path) -> list[dict]:
     path = tmp_path / "studies" / "s" / "study.csv"
     if not path.is_file():
@@ -173,12 +185,7 @@ def test_killed_study_worker_fails_its_cell_and_the_study_goes_on(tmp_path, tiny
                             env=_env(uri), cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        def two_training():
-            runs = [r for r in _runs(uri) if r.info.status == "RUNNING"
-                    and "cell" in r.data.tags]
-            return len(runs) == 2 and all(_loss_points(uri, r.info.run_id) >= 50
-                                          for r in runs) and runs
-        runs = _wait_for(two_training, 300, "two study cells training")
+        runs = _wait_for(lambda: _two_cells_training(uri), 300, "two study cells training")
         victim = runs[0]
         pid = int(victim.data.tags[tracking.PROCESS_TAG].split(":")[1])
         os.kill(pid, signal.SIGKILL)
@@ -215,12 +222,7 @@ def test_kill_9_of_a_study_driver_stops_its_workers_and_ends_their_runs_killed(t
                             env=_env(uri), cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        def two_training():
-            runs = [r for r in _runs(uri) if r.info.status == "RUNNING"
-                    and "cell" in r.data.tags]
-            return len(runs) == 2 and all(_loss_points(uri, r.info.run_id) >= 50
-                                          for r in runs) and runs
-        runs = _wait_for(two_training, 300, "two study cells training")
+        runs = _wait_for(lambda: _two_cells_training(uri), 300, "two study cells training")
         proc.kill()
         proc.wait(timeout=30)
         pids = [int(r.data.tags[tracking.PROCESS_TAG].split(":")[1]) for r in runs]
@@ -245,12 +247,7 @@ def test_sigterm_stops_a_single_process_study(tmp_path, tiny_phase1):
     proc = subprocess.Popen(cmd + ["--slots", "0", "--seeds", "0", "1", "--workers", "1"],
                             env=_env(uri), cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    try:
-        run = _wait_for(lambda: _running_with_losses(uri, 50), 300, "the first cell training")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    run, err = _sigterm_once_training(proc, uri, 50)
     assert proc.returncode == 130 and "Traceback" not in err, err
     cells = [r for r in _runs(uri) if "cell" in r.data.tags]
     assert [(r.info.run_id, r.info.status) for r in cells] == [(run.info.run_id, "KILLED")]
