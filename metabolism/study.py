@@ -316,14 +316,13 @@ def _died_by_themselves(workers: dict[int, Any]) -> set[int]:
 def _is_dead(pid: int) -> bool:
     """Gone or a zombie. exitcode can read None for a dead worker while the pool's own thread
     is collecting its exit status at the same moment."""
+    from metabolism.tracking import process_is_zombie
+
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
+    return process_is_zombie(pid)
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:

@@ -126,8 +126,9 @@ def process_pid(tag: str) -> int | None:
 
 
 def _owner_is_dead(tag: str) -> bool:
-    """True only when the owner provably no longer exists: same host, and its pid is gone or
-    now belongs to a process that started at another time."""
+    """True only when the owner provably no longer exists: same host, and its pid is gone, a
+    zombie (dead, its exit status not yet collected by its parent), or now belongs to a
+    process that started at another time."""
     host, _, rest = tag.partition(":")
     pid_text, _, started = rest.partition(":")
     if host != socket.gethostname() or not pid_text.isdigit():
@@ -139,7 +140,16 @@ def _owner_is_dead(tag: str) -> bool:
         return True
     except PermissionError:  # exists, owned by someone else
         pass
+    if process_is_zombie(pid):
+        return True
     return bool(started) and _process_start_time(pid) not in ("", started)
+
+
+def process_is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def reap_orphaned_runs(experiment_id: str, client: MlflowClient | None = None) -> list[str]:

@@ -138,6 +138,22 @@ def test_reaper_leaves_live_and_foreign_runs_alone(mlflow_uri):
         assert client.get_run(r.info.run_id).info.status == "RUNNING"
 
 
+def test_reaper_counts_a_zombie_as_dead(mlflow_uri):
+    """A killed process whose exit status its parent has not collected yet is a zombie: it
+    still answers kill(pid, 0), but it is dead and its run is orphaned."""
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    exp = tracking.setup_experiment("reap")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run = client.create_run(exp, tags={tracking.PROCESS_TAG: tracking.process_tag(child.pid)})
+        os.kill(child.pid, signal.SIGKILL)
+        _wait_for(lambda: tracking.process_is_zombie(child.pid), 10, "the child to be a zombie")
+        assert tracking.reap_orphaned_runs(exp, client) == [run.info.run_id]
+    finally:
+        child.kill()
+        child.wait()
+
+
 # --------------------------------------------------------------------------- studies
 
 
