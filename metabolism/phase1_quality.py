@@ -106,6 +106,12 @@ def phase2_residual(model, data: TrainingData) -> tuple[np.ndarray, np.ndarray, 
     return x, y, y - reaction.double().numpy()
 
 
+def _without_reference(residual: np.ndarray, n_conserved: int, **why) -> Phase1Quality:
+    """The "unknown" verdict: no law measures, only the residual's own spread."""
+    return Phase1Quality(np.nan, np.nan, float(np.median(mad_sigma(residual))), n_conserved,
+                         **why)
+
+
 def assess_residual(x: np.ndarray, dcdt: np.ndarray, residual: np.ndarray,
                     S: np.ndarray) -> Phase1Quality:
     """The verdict on a residual (F, N) of the frames x with finite differences dcdt."""
@@ -115,13 +121,11 @@ def assess_residual(x: np.ndarray, dcdt: np.ndarray, residual: np.ndarray,
     halves = [conserved_law_slopes(x[sl], dcdt[sl], S) for sl in (slice(None, half),
                                                                   slice(half, None))]
     if a is None or any(h is None for h in halves):
-        return Phase1Quality(np.nan, np.nan, float(np.median(mad_sigma(residual))), n_conserved,
-                             np.nan)
+        return _without_reference(residual, n_conserved, reference_disagreement=np.nan)
     disagreement = float(np.median(np.abs(halves[0] - halves[1]))
                          / max(float(np.median(np.abs(a))), 1e-300))
     if disagreement > MAX_LAW_ERROR:
-        return Phase1Quality(np.nan, np.nan, float(np.median(mad_sigma(residual))), n_conserved,
-                             disagreement)
+        return _without_reference(residual, n_conserved, reference_disagreement=disagreement)
     noise = mad_sigma(residual - a * x)
     signal = np.abs(a) * mad_sigma(x)
     law = own_concentration_slopes(x, residual)
@@ -140,7 +144,6 @@ def assess_phase1(model, data: TrainingData) -> Phase1Quality:
     x, dcdt, residual = phase2_residual(model, data)
     noise = estimate_relative_noise(data.concentrations)
     if noise > NOISE_THRESHOLD:
-        return Phase1Quality(np.nan, np.nan, float(np.median(mad_sigma(residual))),
-                             conserved_quantities(data.stoich.S).shape[1], np.nan,
-                             observation_noise=noise)
+        return _without_reference(residual, conserved_quantities(data.stoich.S).shape[1],
+                                  reference_disagreement=np.nan, observation_noise=noise)
     return assess_residual(x, dcdt, residual, data.stoich.S)

@@ -316,13 +316,9 @@ def _died_by_themselves(workers: dict[int, Any]) -> set[int]:
 def _is_dead(pid: int) -> bool:
     """Gone or a zombie. exitcode can read None for a dead worker while the pool's own thread
     is collecting its exit status at the same moment."""
-    from metabolism.tracking import process_is_zombie
+    from metabolism.tracking import process_is_dead
 
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return process_is_zombie(pid)
+    return process_is_dead(pid)
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:

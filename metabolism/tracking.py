@@ -134,15 +134,20 @@ def _owner_is_dead(tag: str) -> bool:
     if host != socket.gethostname() or not pid_text.isdigit():
         return False  # another machine's run (or an old tag): cannot tell, leave it
     pid = int(pid_text)
+    if process_is_dead(pid):
+        return True
+    return bool(started) and _process_start_time(pid) not in ("", started)
+
+
+def process_is_dead(pid: int) -> bool:
+    """Gone, or a zombie (dead, its exit status not yet collected by its parent)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:  # exists, owned by someone else
         pass
-    if process_is_zombie(pid):
-        return True
-    return bool(started) and _process_start_time(pid) not in ("", started)
+    return process_is_zombie(pid)
 
 
 def process_is_zombie(pid: int) -> bool:

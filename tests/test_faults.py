@@ -253,7 +253,7 @@ def test_kill_9_of_a_study_driver_stops_its_workers_and_ends_their_runs_killed(t
     client = MlflowClient(tracking_uri=uri)
     for r in runs:  # ended by the worker itself (not reaped later): with its loss curve
         assert client.get_run(r.info.run_id).data.tags.get("killed_by") == "signal SIGTERM"
-    _wait_for(lambda: not any(_alive(p) for p in pids), 60, "the workers to exit")
+    _wait_for(lambda: all(tracking.process_is_dead(p) for p in pids), 60, "the workers to exit")
 
 
 def test_sigterm_stops_a_single_process_study(tmp_path, tiny_phase1):
@@ -272,15 +272,6 @@ def test_sigterm_stops_a_single_process_study(tmp_path, tiny_phase1):
 
 def _runs_by_id(uri: str) -> dict[str, str]:
     return {r.info.run_id: r.info.status for r in _runs(uri)}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
 
 
 def test_interrupted_study_keeps_its_table_and_a_rerun_runs_only_missing_cells(tmp_path,
