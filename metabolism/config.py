@@ -42,6 +42,7 @@ TypeAssignment = Literal["contiguous", "random"]
 ResidualLoss = Literal["mse", "huber"]
 ResidualTarget = Literal["residual", "conserved_law"]
 ContrastiveMode = Literal["attract", "neighbour"]
+NeighboursFrom = Literal["learned", "data", "both"]
 TrainingDtype = Literal["float32", "float64"]
 RolloutBackend = Literal["auto", "torch", "triton"]
 
@@ -178,6 +179,12 @@ class Contrastive:
     start_fraction: float = 0.5
     mode: ContrastiveMode = "attract"
     center_curves: bool = False  # compare curve shapes only (each minus its own mean)
+    # whose curves decide the neighbours: "learned" (MLP_node's, each update), "data" (each
+    # metabolite's own residual summarised by a line, fixed) or "both" (neighbours where both
+    # agree). Learned curves of nearby embeddings agree because MLP_node is smooth, so the
+    # attraction alone feeds on itself and can merge two similar laws; the data's curves do
+    # not move with the embeddings
+    neighbours_from: NeighboursFrom = "learned"
     # the curves are compared on n_grid points between these quantiles of all training
     # concentrations: the range the data constrains, not MLP_node's extrapolation
     grid_quantiles: list[float] = field(default_factory=lambda: [0.0, 1.0])
@@ -541,6 +548,8 @@ def _check_strategies(st: StrategiesConfig) -> None:
     _check_fractions(co, f"{pre}.contrastive", ("start_fraction",))
     need(co.mode in choices(ContrastiveMode), f"{pre}.contrastive.mode",
          f"must be {_quoted_choices(ContrastiveMode)}")
+    need(co.neighbours_from in choices(NeighboursFrom), f"{pre}.contrastive.neighbours_from",
+         f"must be {_quoted_choices(NeighboursFrom)}")
     need(all(0 < f < 1 for f in co.reassign_at), f"{pre}.contrastive.reassign_at",
          "must be fractions of training in (0, 1)")
     _check_at_least(co, f"{pre}.contrastive", {"reassign_frames": 1, "reassign_neighbours": 1})

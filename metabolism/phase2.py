@@ -162,9 +162,11 @@ class Contrastive(Phase2Strategy):
         super().__init__(setup)
         co, n = setup.cfg.strategies.contrastive, setup.cfg.data_augmentation_loop
         self.reassign_steps = {round(f * n) for f in co.reassign_at}
-        if self.reassign_steps:  # the targets first: the order the set-up has always had
-            self.x, self.y = setup.residual_targets()
+        if self.reassign_steps or co.neighbours_from != "learned":
+            self.x, self.y = setup.residual_targets()  # first: the order the set-up has had
         self.grid = strat.contrastive_grid(setup.conc, setup.cfg.strategies)
+        self.data_distances = (None if co.neighbours_from == "learned"
+                               else strat.residual_law_distances(self.x, self.y))
 
     def before_update(self, step: int) -> None:
         if step in self.reassign_steps:
@@ -179,7 +181,8 @@ class Contrastive(Phase2Strategy):
         co = s.cfg.strategies.contrastive
         if frac < co.start_fraction:
             return None
-        return co.weight * strat.contrastive_loss(s.model, self.grid, s.cfg.strategies)
+        return co.weight * strat.contrastive_loss(s.model, self.grid, s.cfg.strategies,
+                                                  self.data_distances)
 
 
 class Curriculum(Phase2Strategy):

@@ -190,30 +190,66 @@ def contrastive_grid(concentrations: torch.Tensor, cfg: StrategiesConfig) -> tor
                           device=concentrations.device)
 
 
-def curve_neighbours(curves: torch.Tensor, cfg: StrategiesConfig) -> torch.Tensor:
-    """p_ij: softmax_j of -|R_i - R_j|^2 / (temperature * median of those distances), i != j.
+def curve_neighbours(curves: torch.Tensor | None, cfg: StrategiesConfig,
+                     data_distances: torch.Tensor | None = None) -> torch.Tensor:
+    """p_ij: softmax_j of -D_ij / temperature, i != j, each D scaled by its median over pairs.
 
-    R_i is metabolite i's learned response curve (minus its own mean with center_curves).
+    D_ij = |R_i - R_j|^2 of the learned curves R (each minus its own mean with center_curves),
+    plus residual_law_distances when given: two metabolites are neighbours only where both the
+    learned curves and the data agree. curves None: the data's distances alone.
     """
-    if cfg.contrastive.center_curves:
-        curves = curves - curves.mean(1, keepdim=True)
-    d_curve = torch.cdist(curves, curves).pow(2)
-    eye = torch.eye(d_curve.shape[0], dtype=torch.bool, device=curves.device)
-    scale = d_curve[~eye].median().clamp_min(1e-20)
-    logits = -d_curve / (cfg.contrastive.temperature * scale)
+    distances = []
+    if curves is not None:
+        if cfg.contrastive.center_curves:
+            curves = curves - curves.mean(1, keepdim=True)
+        distances.append(torch.cdist(curves, curves).pow(2))
+    if data_distances is not None:
+        distances.append(data_distances)
+    eye = torch.eye(distances[0].shape[0], dtype=torch.bool, device=distances[0].device)
+    distance = sum(d / d[~eye].median().clamp_min(1e-30) for d in distances)
+    logits = -distance / cfg.contrastive.temperature
     return torch.softmax(logits.masked_fill(eye, -1e9), 1)
 
 
-def contrastive_loss(model, grid: torch.Tensor, cfg: StrategiesConfig) -> torch.Tensor:
+def residual_law_distances(x: torch.Tensor, residual: torch.Tensor,
+                           n_bins: int = 8) -> torch.Tensor:
+    """D_ij from the data alone: how far metabolite i's and j's residuals are from one law. (N, N)
+
+    Each metabolite's residual is reduced to the medians of (c_i, residual_i) in n_bins
+    equal-count bins of its own frames (medians: Phase 1's error is heavy-tailed) and the
+    least-squares line through them. e_ij is the mean squared miss of j's line on i's medians;
+    D_ij = min(e_ij, e_ji): the better-determined line decides, because a metabolite seen only
+    over a narrow range has a level but no slope to speak of.
+    """
+    n_frames = (x.shape[0] // n_bins) * n_bins
+    order = x.argsort(0)
+    xb = x.gather(0, order)[:n_frames].reshape(n_bins, -1, x.shape[1]).median(1).values
+    yb = residual.gather(0, order)[:n_frames].reshape(n_bins, -1, x.shape[1]).median(1).values
+    x_mean, y_mean = xb.mean(0), yb.mean(0)
+    xc = xb - x_mean
+    slope = (xc * (yb - y_mean)).sum(0) / (xc ** 2).sum(0).clamp_min(1e-30)
+    line_j_at_i = y_mean + slope * (xb[:, :, None] - x_mean)  # (n_bins, i, j)
+    miss = ((yb[:, :, None] - line_j_at_i) ** 2).mean(0)
+    return torch.minimum(miss, miss.T)
+
+
+def contrastive_loss(model, grid: torch.Tensor, cfg: StrategiesConfig,
+                     data_distances: torch.Tensor | None = None) -> torch.Tensor:
     """Neighbour-embedding loss: embeddings should have the neighbours their curves have.
 
-    p = curve_neighbours of the learned (detached) response curves; "attract" pulls each a_i
+    p = curve_neighbours of the learned (detached) response curves, the data's own laws
+    (residual_law_distances) or both, as contrastive.neighbours_from says; "attract" pulls each a_i
     toward the p-weighted mean of the others, "neighbour" minimises KL(p || q) with q_ij the
-    softmax_j of -|a_i - a_j|^2. Only the embeddings move. Groups come from learned behaviour,
-    never from labels.
+    softmax_j of -|a_i - a_j|^2. Only the embeddings move. Groups come from behaviour, never
+    from labels.
     """
+    source = cfg.contrastive.neighbours_from
     with torch.no_grad():
-        p = curve_neighbours(response_curves(model, grid), cfg)
+        if source == "data":
+            p = curve_neighbours(None, cfg, data_distances)
+        else:
+            p = curve_neighbours(response_curves(model, grid), cfg,
+                                 data_distances if source == "both" else None)
     emb = model.embeddings
     if cfg.contrastive.mode == "attract":
         # pull each a_i toward the p-weighted mean of its behavioural neighbours (no

@@ -80,6 +80,7 @@ VARIANTS = {  # overrides on top of each slot config: ablations of what it enabl
     "mse_residual": {"training.strategies.residual_supervision.loss": "mse"},
     "no_contrastive": {"training.strategies.contrastive.enabled": False},
     "no_reassign": {"training.strategies.contrastive.reassign_at": []},
+    "learned_neighbours": {"training.strategies.contrastive.neighbours_from": "learned"},
     "no_gradient_isolation": {"training.strategies.gradient_isolation.enabled": False},
     "no_lr_schedule": {"training.strategies.lr_schedule.enabled": False},
     "conserved_law": {"training.strategies.residual_supervision.target": "conserved_law"},

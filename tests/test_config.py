@@ -111,6 +111,8 @@ def test_float_from_yaml_string():
      "training.strategies.residual_supervision.huber_scale"),
     ({"training": {"strategies": {"contrastive": {"mode": "atract"}}}},
      "training.strategies.contrastive.mode"),
+    ({"training": {"strategies": {"contrastive": {"neighbours_from": "labels"}}}},
+     "training.strategies.contrastive.neighbours_from"),
     ({"training": {"strategies": {"contrastive": {"grid_quantiles": [0.8, 0.2]}}}},
      "training.strategies.contrastive.grid_quantiles"),
     ({"training": {"strategies": {"contrastive": {"grid_quantiles": [0.5]}}}},

@@ -555,3 +555,48 @@ def test_a_strategy_plugs_in_as_one_class(tiny_phase1, monkeypatch):
     assert nudge[:2] == [0.0, 0.0] and all(v > 0 for v in nudge[2:])
     for k in range(4):
         assert result.losses[k] == pytest.approx(sum(v[k] for v in result.components.values()))
+
+
+def test_residual_law_distances_tell_laws_apart_despite_outliers_and_narrow_ranges():
+    """Data-only distances: zero between metabolites on one law (even one seen over a narrow
+    range, whose own line is ill-determined, and with wild frames), large across laws."""
+    g = torch.Generator().manual_seed(11)
+    law = torch.tensor([0, 1, 0, 1, 0, 1])
+    x = 1.0 + 7.0 * torch.rand(800, 6, generator=g, dtype=torch.float64)
+    x[:, 4] = 0.01 + 0.05 * torch.rand(800, generator=g, dtype=torch.float64)  # narrow range
+    residual = -torch.tensor([0.5, 1.5], dtype=torch.float64)[law] * (
+        x - torch.tensor([3.0, 5.0], dtype=torch.float64)[law])
+    residual = residual + 0.01 * torch.randn(800, 6, generator=g, dtype=torch.float64)
+    residual[::40] += 1e3  # heavy-tailed Phase 1 error on 2.5% of the frames
+    d = strat.residual_law_distances(x, residual)
+    torch.testing.assert_close(d, d.T)
+    same = law[:, None] == law[None]
+    assert float(d[same].max()) < 1e-3
+    assert float(d[~same].min()) > 1.0
+
+
+def test_data_neighbours_group_like_laws_whatever_mlp_node_learned(model):
+    """neighbours_from: data: p comes from the residual's own laws; two interleaved laws
+    give each metabolite its neighbours among its own law's metabolites. "both" keeps that
+    where the learned curves say nothing (all alike)."""
+    n = model.embeddings.shape[0]
+    group = torch.arange(n) % 2
+    g = torch.Generator().manual_seed(5)
+    x = 1.0 + 7.0 * torch.rand(400, n, generator=g)
+    residual = -torch.tensor([0.5, 1.5])[group] * (x - torch.tensor([3.0, 5.0])[group])
+    residual = residual + 0.01 * torch.randn(400, n, generator=g)
+    cfg = _strategies(contrastive={"enabled": True, "neighbours_from": "data"})
+    grid = strat.contrastive_grid(x, cfg)
+    distances = strat.residual_law_distances(x, residual)
+    p = strat.curve_neighbours(None, cfg, distances)
+    same = group[:, None] == group[None]
+    assert float((p * same).sum(1).min()) > 0.99
+    before = model.embeddings.detach().clone()
+    strat.contrastive_loss(model, grid, cfg, distances).backward()
+    # the attraction pulls each a_i toward its own law's embeddings, as p says
+    torch.testing.assert_close(model.embeddings.grad, 2 * (before - p @ before) / n,
+                               rtol=1e-4, atol=1e-6)
+    alike = torch.ones(n, grid.shape[0]) + 1e-3 * torch.randn(n, grid.shape[0], generator=g)
+    both = _strategies(contrastive={"enabled": True, "neighbours_from": "both"})
+    assert float((strat.curve_neighbours(alike, both, distances) * same).sum(1).min()) > 0.9
+    assert float((strat.curve_neighbours(alike, both) * same).sum(1).mean()) < 0.7
