@@ -106,7 +106,7 @@ def main() -> None:
         raise ConfigError(f"--workers {args.workers}: must be >= 1")
     import mlflow  # heavy: after --help
 
-    from metabolism import tracking
+    from metabolism import plots, tracking
     from metabolism.experiment import ensure_phase1
 
     base = regime_overrides(args.regime)
@@ -172,6 +172,10 @@ def main() -> None:
             md, csv_path = write_table()
             mlflow.log_artifact(str(md))
             mlflow.log_artifact(str(csv_path))
+            figure = plots.plot_study(rows, out_dir / "study.png",
+                                      f"Study {args.study}, regime {first.regime}")
+            if figure is not None:
+                mlflow.log_artifact(str(figure))
             n_ok = sum(r["status"] == "FINISHED" for r in rows)
             mlflow.log_metrics({"runs_finished": n_ok, "runs_failed": len(rows) - n_ok})
     print(md.read_text())

@@ -163,3 +163,44 @@ def plot_loss(losses: list[float], path: Path, components: dict[str, list[float]
     ax.set_title(_title("Phase 2 training loss", context), fontsize=10)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def plot_study(rows: list[dict], path: Path, title: str) -> Path | None:
+    """A study at a glance: every finished run's per-type slope ratios (left) and cluster
+    accuracy with the number of clusters found (right), by slot, seeds side by side; the
+    target bands shaded, so a regime's misses show without reading the table. None when no
+    run finished."""
+    ok = [r for r in rows if r.get("status") == "FINISHED"]
+    if not ok:
+        return None
+    n_types = 0
+    while any(f"MLP_node_slope_ratio_{n_types}" in r for r in ok):
+        n_types += 1
+    cells = sorted({(r["variant"], r["seed"]) for r in ok})
+    offset = {c: (j - (len(cells) - 1) / 2) * 0.6 / max(1, len(cells)) for j, c in
+              enumerate(cells)}
+    fig, (ax_r, ax_a) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_r.axhspan(0.8, 1.2, color="0.9", label="target 0.8-1.2")
+    ax_a.axhspan(0.95, 1.0, color="0.9", label="target >= 0.95")
+    for k in range(n_types):
+        pts = [(int(r["slot"]) + offset[(r["variant"], r["seed"])],
+                float(r[f"MLP_node_slope_ratio_{k}"]))
+               for r in ok if f"MLP_node_slope_ratio_{k}" in r]
+        ax_r.scatter(*zip(*pts), s=22, color=COLORS[k % len(COLORS)], label=f"type {k}",
+                     zorder=2)
+    for r in ok:
+        x, acc = int(r["slot"]) + offset[(r["variant"], r["seed"])], float(
+            r["embedding_cluster_acc"])
+        ax_a.scatter(x, acc, s=22, color="k", zorder=2)
+        ax_a.annotate(f"{int(float(r['embedding_n_clusters']))}", (x, acc), fontsize=6,
+                      textcoords="offset points", xytext=(3, 3))
+    slots = sorted({int(r["slot"]) for r in ok})
+    for ax, label in ((ax_r, "MLP_node slope ratio (learned / true), per type"),
+                      (ax_a, "embedding cluster accuracy (label: clusters found)")):
+        ax.set_xticks(slots, [f"slot {s}" for s in slots])
+        ax.set_xlim(slots[0] - 0.5, slots[-1] + 0.5)
+        ax.set_ylabel(label, fontsize=8)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{title}: {len(ok)} finished runs, "
+                 f"{len({s for _, s in cells})} seeds per slot", fontsize=10)
+    return _save(fig, path)

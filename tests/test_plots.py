@@ -97,3 +97,26 @@ def test_loss_plot_names_the_training_loss_its_terms_and_strategy_events(tmp_pat
     vlines = sorted(line.get_xdata()[0] for line in ax.lines if line.get_linestyle() == ":")
     assert vlines == [25, 40]
     assert CONTEXT in ax.get_title()
+
+
+def test_study_plot_shows_every_finished_run_of_every_type_and_skips_failures(tmp_path,
+                                                                              figures):
+    rows = [{"slot": s, "seed": seed, "variant": "default", "status": "FINISHED",
+             "MLP_node_slope_ratio_0": 1.0 + 0.01 * seed, "MLP_node_slope_ratio_1": 0.9,
+             "MLP_node_slope_ratio_2": 1.3 + s, "embedding_cluster_acc": 0.9 + 0.01 * s,
+             "embedding_n_clusters": 3} for s in (0, 2) for seed in (0, 1)]
+    rows.append({"slot": 1, "seed": 0, "variant": "default", "status": "FAILED"})
+    path = plots.plot_study(rows, tmp_path / "study.png", "Study x, regime three_types")
+    assert path.exists()
+    ax_r, ax_a = figures[0].axes
+    # one scatter per type, each with a point per finished run
+    per_type = {c.get_label(): c.get_offsets() for c in ax_r.collections if c.get_label()
+                .startswith("type")}
+    assert sorted(per_type) == ["type 0", "type 1", "type 2"]
+    assert all(len(pts) == 4 for pts in per_type.values())
+    assert sorted(np.asarray(per_type["type 2"])[:, 1]) == [1.3, 1.3, 3.3, 3.3]
+    assert sorted(float(c.get_offsets()[0, 1]) for c in ax_a.collections) == [
+        0.9, 0.9, 0.92, 0.92]
+    assert [t.get_text() for t in ax_r.get_xticklabels()] == ["slot 0", "slot 2"]
+    assert "three_types" in figures[0]._suptitle.get_text()
+    assert plots.plot_study(rows[-1:], tmp_path / "none.png", "failed only") is None

@@ -101,8 +101,8 @@ def check_study_runs(client: MlflowClient, name: str) -> tuple:
     child = children[0]
     assert child.data.tags["study"] == name and child.data.tags["device"] == "cpu"
     assert "avg_slope_ratio" in child.data.metrics
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"study.md",
-                                                                          "study.csv"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "study.md", "study.csv", "study.png"}
     assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {
         "analysis.log", "config.yaml", "phase2_checkpoint.pt", "tmp_training"}
     assert parent.data.metrics["runs_finished"] == 1
