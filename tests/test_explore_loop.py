@@ -6,7 +6,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from explore_helpers import make_study, write_slot_yamls
 from metabolism.explore.backends import LocalBackend

@@ -29,7 +29,7 @@ if not INTERPRETED and not ON_GPU:
         run_in_triton_interpreter(Path(__file__))
 
 else:
-    from kernels import euler_rollout, euler_rollout_reference
+    from kernels import euler_rollout
     from kernels import triton_rollout
     from benchmarks.problems import random_problem
     from seeds import kernel_seed

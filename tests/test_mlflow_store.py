@@ -7,7 +7,6 @@ import importlib.util
 import os
 
 import mlflow
-import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, tiny_config
