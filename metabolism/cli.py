@@ -24,6 +24,7 @@ QUICK_OVERRIDES = {
     "model.hidden_dim_sub": 16,
     "model.hidden_dim_node": 16,
     "phase1.n_steps": 20,
+    "phase1.max_steps": 0,  # a smoke test: its 20-step Phase 1 is never trusted
     "phase1.n_restarts": 1,
     "phase1.restart_trial_steps": 5,
     "phase1.batch_size": 64,

@@ -205,7 +205,9 @@ def test_default_regime_cache_keys_unchanged():
     its default must not orphan the caches (and studies) built before it existed."""
     cfg = config_from_dict({})
     assert cfg.hash_of("simulation") == "dda271e07c39"
-    assert cfg.hash_of("simulation", "model", "phase1") == "e40531e15873"
+    from metabolism.experiment import phase1_checkpoint_path
+
+    assert phase1_checkpoint_path(cfg, Path("data")).name == "phase1-e40531e15873.pt"
 
 
 @pytest.mark.parametrize("key,value", [("type_assignment", "random"),

@@ -125,3 +125,49 @@ def test_conserved_law_targets_are_the_true_lines_when_phase1_is_off(quick_data)
     np.testing.assert_allclose(slopes, -truth.lam, rtol=1e-6)
     exact = conserved_law_targets(data, xt, torch.as_tensor(law)).numpy()
     np.testing.assert_allclose(exact, law, atol=1e-9)
+
+
+def test_phase1_step_schedule_doubles_up_to_max_steps():
+    from metabolism.config import Phase1Config
+    from metabolism.experiment import phase1_step_schedule
+
+    assert phase1_step_schedule(Phase1Config(n_steps=3600, max_steps=14400)) == [
+        3600, 7200, 14400]
+    assert phase1_step_schedule(Phase1Config(n_steps=3600, max_steps=10000)) == [3600, 7200]
+    assert phase1_step_schedule(Phase1Config(n_steps=3600, max_steps=0)) == [3600]
+
+
+def test_an_untrusted_phase1_is_trained_anew_with_more_steps(tmp_path, monkeypatch):
+    """The tiny regime's Phase 1 is untrusted (a few steps): with max_steps it is retrained
+    with 2x and 4x the steps, each its own checkpoint, and the longest is the one returned;
+    a trusted one is never retrained."""
+    import dataclasses
+
+    import metabolism.experiment as experiment
+    from conftest import tiny_config
+
+    cfg = tiny_config()
+    cfg = dataclasses.replace(cfg, phase1=dataclasses.replace(cfg.phase1, max_steps=80))
+    verdicts = []
+    real = experiment.assess_phase1
+
+    def spy(model, data):
+        q = real(model, data)
+        verdicts.append(q.verdict)
+        return q
+
+    monkeypatch.setattr(experiment, "assess_phase1", spy)
+    path, info = experiment.ensure_phase1(cfg, tmp_path, progress=False, quiet=True)
+    assert verdicts == ["untrusted", "untrusted"]  # after 20 and 40 steps; 80 is the last
+    assert info["n_steps"] == 80
+    assert len(list(path.parent.glob("phase1-*.pt"))) == 3
+    # the 20-step checkpoint is the one a fixed-length config of 20 steps gets
+    fixed = dataclasses.replace(cfg, phase1=dataclasses.replace(cfg.phase1, max_steps=0))
+    assert experiment.phase1_checkpoint_path(fixed, tmp_path).exists()
+
+    monkeypatch.setattr(experiment, "assess_phase1",
+                        lambda m, d: dataclasses.replace(real(m, d), law_error=0.0))
+    other = tmp_path / "other"
+    path2, info2 = experiment.ensure_phase1(cfg, other, progress=False, quiet=True)
+    assert info2["n_steps"] == 20
+    assert len(list(path2.parent.glob("phase1-*.pt"))) == 1
