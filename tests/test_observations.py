@@ -3,6 +3,8 @@ estimate, and the smoothed / integrated targets the trainers use on such data.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from metabolism import strategies as strat
 from metabolism.config import ConfigError, config_from_dict
 from metabolism.data import (dataset_dir, ensure_dataset, load_clean_concentrations,
                              load_training_data)
+from metabolism.experiment import phase1_checkpoint_path
 from metabolism.network import generate_network
 from metabolism.phase1 import derivative_targets, finite_difference_targets
 from metabolism.simulate import initial_concentrations, simulate, true_dcdt
@@ -42,7 +45,7 @@ def test_default_regime_cache_keys_unchanged():
     cfg = config_from_dict({})
     assert cfg.simulation.observation_noise == 0.0 and cfg.simulation.observe_every == 1
     assert cfg.hash_of("simulation") == "dda271e07c39"
-    assert cfg.hash_of("simulation", "model", "phase1") == "e40531e15873"
+    assert phase1_checkpoint_path(cfg, Path("d")).name == "phase1-e40531e15873.pt"
     noisy = config_from_dict({"regime": "r", "simulation": {"observation_noise": 0.001}})
     sparse = config_from_dict({"regime": "r", "simulation": {"observe_every": 2}})
     p1 = config_from_dict({"regime": "r", "phase1": {"derivative": "savgol"}})
