@@ -1,4 +1,6 @@
-"""Benchmark session setup: the `scale` marker, one thread count, and the FLOP/s summary table."""
+"""Benchmark session setup: skipping the `scale` cases (the marker is declared in
+pyproject.toml, where tests/ importing these modules sees it too), one thread count, and
+the FLOP/s summary table."""
 
 from __future__ import annotations
 
@@ -8,11 +10,6 @@ import pytest
 import torch
 
 RESULTS: list[dict] = []  # filled by the throughput benchmarks, printed at the end
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "scale: at-scale sizes (N=1000/10000); run with METABOLISM_BENCH_SCALE=1")
 
 
 def pytest_collection_modifyitems(config, items):
