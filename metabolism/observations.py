@@ -98,16 +98,6 @@ def endpoint_weights(delta_t: float, observe_every: int) -> tuple[float, float]:
     return 0.5 * (1 + 1 / k), 0.5 * (1 - 1 / k)
 
 
-def interval_average(values: torch.Tensor, delta_t: float, observe_every: int) -> torch.Tensor:
-    """Per observed interval, the time average of a quantity given at the frames: (F, N) ->
-    (F - 1, N), with the Euler-consistent endpoint_weights."""
-    w_left, w_right = endpoint_weights(delta_t, observe_every)
-    out = w_left * values[:-1]
-    if w_right:
-        out = out + w_right * values[1:]
-    return out
-
-
 def window_sums(per_interval: torch.Tensor, window: int) -> torch.Tensor:
     """Sum over every run of `window` consecutive intervals: (F - 1, N) -> (F - window, N)."""
     zero = torch.zeros_like(per_interval[:1])
