@@ -173,12 +173,14 @@ def ensure_phase1(cfg: Config, data_root: Path, progress: bool = True,
     """
     schedule = phase1_step_schedule(cfg.phase1)
     tried: list[tuple[float, Path, dict]] = []
+    data = None
     for i, steps in enumerate(schedule):
         fixed = _fixed_length(cfg, steps)
         path, info = _ensure_fixed_phase1(fixed, data_root, progress, quiet, rebuild)
         if len(schedule) == 1:
             return path, info
-        data = load_training_data(dataset_dir(cfg, data_root))
+        if data is None:  # the dataset is the same for every length
+            data = load_training_data(dataset_dir(cfg, data_root))
         quality = assess_phase1(load_phase1_model(path, data, fixed), data)
         if quality.verdict != "untrusted":
             return path, info

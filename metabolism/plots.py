@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from metabolism.metric_keys import n_types_in  # noqa: E402
 from metabolism.metrics import SweepResult  # noqa: E402
 from metabolism.network import GroundTruth  # noqa: E402
 
@@ -173,9 +174,7 @@ def plot_study(rows: list[dict], path: Path, title: str) -> Path | None:
     ok = [r for r in rows if r.get("status") == "FINISHED"]
     if not ok:
         return None
-    n_types = 0
-    while any(f"MLP_node_slope_ratio_{n_types}" in r for r in ok):
-        n_types += 1
+    n_types = max(n_types_in(r) for r in ok)
     cells = sorted({(r["variant"], r["seed"]) for r in ok})
     offset = {c: (j - (len(cells) - 1) / 2) * 0.6 / max(1, len(cells)) for j, c in
               enumerate(cells)}

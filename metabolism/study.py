@@ -309,17 +309,14 @@ def _a_worker_died(pool: ProcessPoolExecutor) -> bool:
 def _died_by_themselves(workers: dict[int, Any]) -> set[int]:
     """Pids of workers that have exited other than by SIGTERM: killed from outside (kill -9,
     the OOM killer) or crashed. A sibling the broken pool terminates exits by SIGTERM, or
-    ends its run KILLED itself, so its cell is run again rather than failed."""
-    return {pid for pid, p in workers.items()
-            if p.exitcode != -signal.SIGTERM and (p.exitcode is not None or _is_dead(pid))}
-
-
-def _is_dead(pid: int) -> bool:
-    """Gone or a zombie. exitcode can read None for a dead worker while the pool's own thread
-    is collecting its exit status at the same moment."""
+    ends its run KILLED itself, so its cell is run again rather than failed. exitcode can
+    read None for a dead worker while the pool's own thread is collecting its exit status at
+    the same moment, so the process itself is asked too."""
     from metabolism.tracking import process_is_dead
 
-    return process_is_dead(pid)
+    return {pid for pid, p in workers.items()
+            if p.exitcode != -signal.SIGTERM
+            and (p.exitcode is not None or process_is_dead(pid))}
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
