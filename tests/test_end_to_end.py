@@ -76,6 +76,11 @@ def test_analysis_log_has_every_spec_key(e2e):
         (log["MLP_node_slope_ratio_0"] + log["MLP_node_slope_ratio_1"]) / 2, rel=1e-4)
     for k in spec_keys():
         assert log[k] == pytest.approx(res.metrics[k], rel=1e-5, abs=1e-12)
+    # noiseless one-frame targets: the halves of the data agree on every metabolite's law
+    assert 0.9 < log["residual_law_reliability"] <= 1.0
+    logged = e2e["client"].get_run(res.mlflow_run_id).data.metrics[
+        "residual_law_reliability"]
+    assert logged == pytest.approx(log["residual_law_reliability"], rel=1e-5)
 
 
 def test_analysis_log_states_sweep_range(e2e):

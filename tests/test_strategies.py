@@ -600,3 +600,28 @@ def test_data_neighbours_group_like_laws_whatever_mlp_node_learned(model):
     both = _strategies(contrastive={"enabled": True, "neighbours_from": "both"})
     assert float((strat.curve_neighbours(alike, both, distances) * same).sum(1).min()) > 0.9
     assert float((strat.curve_neighbours(alike, both) * same).sum(1).mean()) < 0.7
+
+
+def _two_laws(noise: float, seed: int = 7, n: int = 8, frames: int = 1600):
+    """x, residual of n metabolites on two interleaved linear laws, plus i.i.d. noise."""
+    g = torch.Generator().manual_seed(seed)
+    law = torch.arange(n) % 2
+    x = 1.0 + 7.0 * torch.rand(frames, n, generator=g, dtype=torch.float64)
+    residual = -torch.tensor([0.5, 1.5], dtype=torch.float64)[law] * (
+        x - torch.tensor([3.0, 5.0], dtype=torch.float64)[law])
+    return x, residual + noise * torch.randn(frames, n, generator=g, dtype=torch.float64)
+
+
+def test_split_half_reliability_falls_as_measurement_noise_hides_the_laws():
+    """Near 1 where the laws stand far above the noise, near 0 where the noise swamps them
+    (the halves' medians then differ as much as the metabolites' do), falling in between."""
+    values = []
+    for noise in (0.01, 3.0, 10.0, 100.0):
+        x, residual = _two_laws(noise)
+        values.append(strat.split_half_reliability(
+            x, residual, strat.residual_law_distances(x, residual), block=8))
+    assert values[0] > 0.98
+    assert values[-1] < 0.2
+    assert values == sorted(values, reverse=True) and values[1] > values[2]
+
+
