@@ -199,6 +199,12 @@ class Contrastive:
     reassign_at: list[float] = field(default_factory=list)
     reassign_neighbours: int = 10
     reassign_frames: int = 256
+    # > 0: before training, the embeddings start from the spectral embedding of the data's
+    # own laws (residual_law_distances), each coordinate with this std; 0 keeps the model's
+    # random initialisation. Needs neighbours_from "data" or "both". Off in the slot configs:
+    # it found the groups where Phase 1's error hid them from the residual loss, but changed
+    # no run's targets (docs/results.md)
+    init_from_data: float = 0.0
 
 
 @dataclass
@@ -555,6 +561,11 @@ def _check_strategies(st: StrategiesConfig) -> None:
          f"must be {_quoted_choices(ContrastiveMode)}")
     need(co.neighbours_from in choices(NeighboursFrom), f"{pre}.contrastive.neighbours_from",
          f"must be {_quoted_choices(NeighboursFrom)}")
+    need(co.init_from_data >= 0, f"{pre}.contrastive.init_from_data",
+         "must be >= 0 (0: random initial embeddings)")
+    need(co.init_from_data == 0 or co.neighbours_from != "learned",
+         f"{pre}.contrastive.init_from_data",
+         'needs neighbours_from "data" or "both" (the data\'s law distances)')
     need(all(0 < f < 1 for f in co.reassign_at), f"{pre}.contrastive.reassign_at",
          "must be fractions of training in (0, 1)")
     _check_at_least(co, f"{pre}.contrastive", {"reassign_frames": 1, "reassign_neighbours": 1})

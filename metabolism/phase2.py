@@ -182,6 +182,11 @@ class Contrastive(Phase2Strategy):
         self.grid = strat.contrastive_grid(setup.conc, setup.cfg.strategies)
         self.data_distances = (None if co.neighbours_from == "learned"
                                else setup.law_distances())
+        if co.init_from_data > 0:
+            emb = setup.model.embeddings
+            with torch.no_grad():
+                emb.copy_(strat.spectral_embeddings(self.data_distances, setup.cfg.strategies,
+                                                    emb.shape[1], co.init_from_data))
 
     def before_update(self, step: int) -> None:
         if step in self.reassign_steps:

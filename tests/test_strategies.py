@@ -625,3 +625,70 @@ def test_split_half_reliability_falls_as_measurement_noise_hides_the_laws():
     assert values == sorted(values, reverse=True) and values[1] > values[2]
 
 
+
+def test_spectral_embeddings_start_each_law_in_its_own_place():
+    """Three interleaved laws (one seen over a narrow range, wild frames on all): each law's
+    metabolites start together, the laws apart, every coordinate with the asked std; a
+    relabelling of the metabolites relabels the embeddings and changes nothing else."""
+    g = torch.Generator().manual_seed(21)
+    n = 30
+    law = torch.arange(n) % 3
+    x = 1.0 + 7.0 * torch.rand(900, n, generator=g, dtype=torch.float64)
+    x[:, 4] = 0.01 + 0.05 * torch.rand(900, generator=g, dtype=torch.float64)
+    lam, base = torch.tensor([0.5, 1.5, 1.0], dtype=torch.float64), torch.tensor(
+        [3.0, 5.0, 7.0], dtype=torch.float64)
+    residual = -lam[law] * (x - base[law]) + 0.05 * torch.randn(900, n, generator=g,
+                                                                dtype=torch.float64)
+    residual[::45] += 1e3
+    cfg = _strategies(contrastive={"enabled": True, "neighbours_from": "both",
+                                   "temperature": 0.05})
+    distances = strat.residual_law_distances(x, residual)
+    emb = strat.spectral_embeddings(distances, cfg, 2, 0.5)
+    assert emb.shape == (n, 2)
+    torch.testing.assert_close(emb.std(0), torch.full((2,), 0.5, dtype=torch.float64))
+    centres = torch.stack([emb[law == k].mean(0) for k in range(3)])
+    within = max(float((emb[law == k] - centres[k]).norm(dim=1).max()) for k in range(3))
+    between = float(torch.pdist(centres).min())
+    assert between > 3 * within, (between, within)
+    assert torch.equal(torch.cdist(emb, centres).argmin(1), law)
+    perm = torch.randperm(n, generator=g)
+    moved = strat.spectral_embeddings(distances[perm][:, perm], cfg, 2, 0.5)
+    torch.testing.assert_close(moved, emb[perm], rtol=1e-7, atol=1e-9)
+
+
+def test_phase2_starts_from_the_data_embeddings(tiny_phase1, monkeypatch):
+    """init_from_data: the embeddings training starts from are the spectral embedding of this
+    run's own residual law distances, whatever the model's random initialisation was."""
+    _, data_root, ckpt, _ = tiny_phase1
+    d = tiny_dict(**{"training.data_augmentation_loop": 2})
+    d["training"]["strategies"] = {
+        "residual_supervision": {"enabled": True},
+        "contrastive": {"enabled": True, "neighbours_from": "both", "init_from_data": 0.3}}
+    cfg = config_from_dict(d)
+    seen = {}
+    real = strat.spectral_embeddings
+
+    def spy(distances, st, dim, scale):
+        seen["distances"], seen["out"] = distances, real(distances, st, dim, scale)
+        return seen["out"]
+
+    monkeypatch.setattr(strat, "spectral_embeddings", spy)
+    first_update = {}
+    real_before = phase2_mod.Contrastive.before_update
+
+    def record(self, step):
+        if step == 0:
+            first_update["emb"] = self.setup.model.embeddings.detach().clone()
+        real_before(self, step)
+
+    monkeypatch.setattr(phase2_mod.Contrastive, "before_update", record)
+    data = load_training_data(dataset_dir(cfg, data_root))
+    model = load_phase1_model(ckpt, data, cfg)
+    random_init = model.embeddings.detach().clone()
+    train_phase2(model, data, cfg.training, progress=False)
+    x, y = strat.residual_targets(load_phase1_model(ckpt, data, cfg),
+                                  torch.as_tensor(data.concentrations).float(), data.delta_t)
+    torch.testing.assert_close(seen["distances"], strat.residual_law_distances(x, y))
+    torch.testing.assert_close(first_update["emb"], seen["out"].float())
+    assert float(first_update["emb"].std(0).min()) == pytest.approx(0.3, rel=1e-4)
+    assert not torch.allclose(first_update["emb"], random_init)
