@@ -229,8 +229,8 @@ def curve_neighbours(curves: torch.Tensor | None, cfg: StrategiesConfig,
     """p_ij: softmax_j of -D_ij / temperature, i != j, each D scaled by its median over pairs.
 
     D_ij = |R_i - R_j|^2 of the learned curves R (each minus its own mean with center_curves),
-    plus residual_law_distances when given: two metabolites are neighbours only
-    where both the learned curves and the data agree. curves None: the data's distances alone.
+    plus residual_law_distances when given: two metabolites are neighbours only where both the
+    learned curves and the data agree. curves None: the data's distances alone.
     """
     distances = []
     if curves is not None:
@@ -284,7 +284,8 @@ def split_half_reliability(x: torch.Tensor, residual: torch.Tensor, distances: t
     share few frames) and each metabolite's bin medians computed on both halves; the squared
     difference of the halves over 4 is the variance of the full data's medians, and
     noise_ij = var_i + var_j is what D_ij would be for two metabolites with the same law.
-    Measured on the default network: 0.84-0.92 at 0.1% relative noise, 0-0.53 at 1%.
+    Measured on the default network: about 1 without noise, 0.84-0.95 at 0.1% relative
+    noise, 0-0.58 at 1% (windows of 4-64 frames).
     """
     frames = torch.arange(x.shape[0], device=x.device)
     first = (frames // max(1, block)) % 2 == 0
