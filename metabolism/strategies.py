@@ -285,12 +285,13 @@ def split_half_reliability(x: torch.Tensor, residual: torch.Tensor, distances: t
     difference of the halves over 4 is the variance of the full data's medians, and
     noise_ij = var_i + var_j is what D_ij would be for two metabolites with the same law.
     Measured on the default network: about 1 without noise, 0.84-0.95 at 0.1% relative
-    noise, 0-0.58 at 1% (windows of 4-64 frames).
+    noise, 0-0.58 at 1% (windows of 4-64 frames). NaN (not measurable, and then not logged)
+    where either half has fewer than two frames per bin.
     """
     frames = torch.arange(x.shape[0], device=x.device)
     first = (frames // max(1, block)) % 2 == 0
     if min(int(first.sum()), int((~first).sum())) < 2 * n_bins:
-        return 0.0
+        return float("nan")
     _, y_first = _bin_medians(x[first], residual[first], n_bins)
     _, y_second = _bin_medians(x[~first], residual[~first], n_bins)
     var = ((y_first - y_second) ** 2).mean(0) / 4

@@ -625,6 +625,16 @@ def test_split_half_reliability_falls_as_measurement_noise_hides_the_laws():
     assert values == sorted(values, reverse=True) and values[1] > values[2]
 
 
+def test_split_half_reliability_of_too_few_frames_is_not_a_number():
+    """Halves too short for the bins: 'not measurable' (NaN, which no log records), never a
+    number that reads as 'all noise'."""
+    x, residual = _two_laws(0.01)
+    short_x, short_residual = x[:20], residual[:20]  # 10 frames a half, 8 bins need 16
+    value = strat.split_half_reliability(
+        short_x, short_residual, strat.residual_law_distances(short_x, short_residual), block=2)
+    assert math.isnan(value)
+
+
 
 def test_spectral_embeddings_start_each_law_in_its_own_place():
     """Three interleaved laws (one seen over a narrow range, wild frames on all): each law's
