@@ -45,6 +45,7 @@ ContrastiveMode = Literal["attract", "neighbour"]
 NeighboursFrom = Literal["learned", "data", "both"]
 TrainingDtype = Literal["float32", "float64"]
 RolloutBackend = Literal["auto", "torch", "triton"]
+NodeOutputScale = Literal["none", "residual"]
 
 
 def choices(mode: Any) -> tuple[str, ...]:
@@ -294,6 +295,10 @@ class TrainingConfig:
     homeostasis_training: bool = True
     seed: int = 0
     rollout_loss_weight: float = 1.0
+    # the unit of MLP_node's output: "none" (dc/dt itself, the seed's) or "residual" (the
+    # median |residual target| of the data, so an update of size lr moves the learned curves
+    # by lr times the signal's own size; see MetabolismModel.set_node_output_scale)
+    node_output_scale: NodeOutputScale = "none"
     plot_every: int = 0
     strategies: StrategiesConfig = field(default_factory=StrategiesConfig)
 
@@ -611,6 +616,8 @@ def _check_ranges(cfg: Config) -> None:
                                      "rollout_loss_weight": 0, "plot_every": 0})
     _check_positive(tr, "training", ("learning_rate_node_homeostasis",
                                      "learning_rate_embedding_homeostasis"))
+    _need(tr.node_output_scale in choices(NodeOutputScale), "training.node_output_scale",
+          f"must be {_quoted_choices(NodeOutputScale)}")
     _check_strategies(tr.strategies)
     _check_compute(cfg.compute)
     ev = cfg.evaluation

@@ -467,6 +467,7 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
                    **phase1_gt}
         if math.isfinite(result.residual_law_reliability):
             metrics["residual_law_reliability"] = result.residual_law_reliability
+        metrics["node_output_scale"] = result.node_output_scale
         header = {"run": run_name, "slot": str(cfg.slot),
                   "time_step": str(tr.homeostasis_time_step), "strategy": tr.strategies.label(),
                   "strategy_params": tr.strategies.describe(),
@@ -490,7 +491,8 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
         # the evaluation metrics were logged at the final update by the evaluator; logging them
         # again without a step would add a point at step 0 that never happened
         tracking.log_metrics_finite({"phase2_loss": result.final_loss,
-                                     "residual_law_reliability": result.residual_law_reliability},
+                                     "residual_law_reliability": result.residual_law_reliability,
+                                     "node_output_scale": result.node_output_scale},
                                     step=tr.data_augmentation_loop)
         # measured once, before training; logged with the final evaluation's step
         tracking.log_metrics_finite({**quality.metrics(), **phase1_gt},

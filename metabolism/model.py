@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import torch
 from torch import nn
@@ -45,6 +46,8 @@ class MetabolismModel(nn.Module):
 
     `concentration_scale` is a frozen buffer from the training data (mean concentration) that
     puts MLP inputs at order one; it is data-derived, never a ground-truth parameter.
+    `node_output_scale` (1 unless Phase 2 sets it, see set_node_output_scale) is the unit of
+    MLP_node's output, folded into its last layer like the input scale into the first.
     """
 
     PHASE1_PREFIXES = ("log10_k", "mlp_sub.")
@@ -60,6 +63,7 @@ class MetabolismModel(nn.Module):
         nn.init.zeros_(last.bias)
         self.embeddings = nn.Parameter(cfg.embedding_init_std * torch.randn(n, cfg.embedding_dim))
         self.register_buffer("concentration_scale", torch.tensor(float(concentration_scale)))
+        self.register_buffer("node_output_scale", torch.tensor(1.0))
         self.register_buffer("S", torch.as_tensor(stoich.S, dtype=torch.float32))
         # a copy: the buffer must not alias (and let a state-dict load overwrite) the caller's data
         self.register_buffer("substrate_index", torch.tensor(stoich.substrate_index))
@@ -78,7 +82,27 @@ class MetabolismModel(nn.Module):
         return _folded(self.mlp_sub, self._input_scale(1))
 
     def node_layers(self) -> Layers:
-        return _folded(self.mlp_node, self._input_scale(self.embeddings.shape[1]))
+        layers = _folded(self.mlp_node, self._input_scale(self.embeddings.shape[1]))
+        w, b = layers[-1]
+        scale = self.node_output_scale.to(w.dtype)
+        return layers[:-1] + [(w * scale, b * scale)]
+
+    def set_node_output_scale(self, scale: float) -> None:
+        """Express MLP_node's output in units of `scale`, keeping the function it computes.
+
+        Adam moves every parameter by about its learning rate per update, whatever the
+        gradient's size, so the unit of the last layer sets how far one update moves the
+        output: in raw dc/dt units a rate of 1e-2 moves it by up to 1e-2, the size of the whole
+        homeostatic signal. The kernels see the scale folded into the last layer.
+        """
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"node output scale must be finite and > 0, got {scale!r}")
+        last = _linears(self.mlp_node)[-1]
+        with torch.no_grad():
+            ratio = float(self.node_output_scale) / scale
+            last.weight.mul_(ratio)
+            last.bias.mul_(ratio)
+            self.node_output_scale.fill_(scale)
 
     def reactions(self) -> FrozenReactions:
         """The reaction term in kernel form (gradients flow to log10_k / mlp_sub if enabled)."""

@@ -48,6 +48,7 @@ class Phase2Result:
     residual_targets: str = "none"  # which residual targets were used ("auto" resolved)
     # split-half reliability of the per-metabolite laws in those targets (nan: none built)
     residual_law_reliability: float = float("nan")
+    node_output_scale: float = 1.0  # the unit MLP_node's output was learned in
 
 
 # phase2_loss is measured from this many evenly spaced start frames
@@ -262,6 +263,14 @@ def train_phase2(model: MetabolismModel, data: TrainingData, cfg: TrainingConfig
     base_lrs = [g["lr"] for g in opt.param_groups]
     result = Phase2Result()
     setup = Phase2Setup(model, data, conc, cfg, result)
+    if cfg.node_output_scale == "residual":
+        _, residual = setup.residual_targets()
+        scale = float(residual.abs().median())
+        if not scale > 0:
+            raise ValueError("training.node_output_scale: 'residual' needs residual targets "
+                             f"that are not all zero (median |target| {scale})")
+        model.set_node_output_scale(scale)
+    result.node_output_scale = float(model.node_output_scale)
     active = [c(setup) for c in STRATEGIES if c.enabled(st)]
 
     n_updates = cfg.data_augmentation_loop

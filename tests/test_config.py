@@ -127,6 +127,7 @@ def test_float_from_yaml_string():
      "training.strategies.lr_schedule.min_factor"),
     ({"training": {"strategies": {"lr_schedule": {"peak_factor": -1.0}}}},
      "training.strategies.lr_schedule.peak_factor"),
+    ({"training": {"node_output_scale": "data"}}, "training.node_output_scale"),
 ])
 def test_range_checks(data, key):
     assert _err(data).startswith(key + ":")

@@ -81,6 +81,9 @@ def test_analysis_log_has_every_spec_key(e2e):
     logged = e2e["client"].get_run(res.mlflow_run_id).data.metrics[
         "residual_law_reliability"]
     assert logged == pytest.approx(log["residual_law_reliability"], rel=1e-5)
+    # this config leaves MLP_node's output in dc/dt units; the unit is recorded either way
+    assert log["node_output_scale"] == 1.0
+    assert e2e["client"].get_run(res.mlflow_run_id).data.metrics["node_output_scale"] == 1.0
 
 
 def test_analysis_log_states_sweep_range(e2e):

@@ -52,6 +52,7 @@ def trained_pair(tiny_phase1):
     cfg0, data_root, ckpt, _ = tiny_phase1
     d = tiny_dict()
     d["training"]["strategies"] = copy.deepcopy(ALL_STRATEGIES)
+    d["training"]["node_output_scale"] = "residual"  # read from the data: must permute too
     cfg = config_from_dict(d)
     data = load_training_data(dataset_dir(cfg0, data_root))
     perm = np.random.default_rng(11).permutation(data.concentrations.shape[1])

@@ -42,6 +42,7 @@ FORBIDDEN_NAMES = {"load_ground_truth", "GroundTruth", "load_clean_concentration
 def _all_strategies_cfg():
     d = tiny_dict()
     d["training"]["strategies"] = copy.deepcopy(ALL_STRATEGIES)
+    d["training"]["node_output_scale"] = "residual"
     return config_from_dict(d)
 
 
