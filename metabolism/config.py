@@ -43,6 +43,7 @@ ResidualLoss = Literal["mse", "huber"]
 ResidualTarget = Literal["residual", "conserved_law"]
 ContrastiveMode = Literal["attract", "neighbour"]
 NeighboursFrom = Literal["learned", "data", "both"]
+ReassignFrom = Literal["learned", "both"]
 TrainingDtype = Literal["float32", "float64"]
 RolloutBackend = Literal["auto", "torch", "triton"]
 NodeOutputScale = Literal["none", "residual"]
@@ -200,6 +201,12 @@ class Contrastive:
     reassign_at: list[float] = field(default_factory=list)
     reassign_neighbours: int = 10
     reassign_frames: int = 256
+    # who picks those neighbours: "learned" (how well j's learned curve fits i's data) or
+    # "both" (that, plus how close their laws are in the data alone, residual_law_distances;
+    # needs neighbours_from "data" or "both"). A fragment of a group that MLP_node has given a
+    # curve of its own fits its own members best, so by the curves alone it holds together;
+    # the data's laws do not know the fragment
+    reassign_from: ReassignFrom = "learned"
     # > 0: before training, the embeddings start from the spectral embedding of the data's
     # own laws (residual_law_distances), each coordinate with this std; 0 keeps the model's
     # random initialisation. Needs neighbours_from "data" or "both". Off in the slot configs:
@@ -573,6 +580,11 @@ def _check_strategies(st: StrategiesConfig) -> None:
          'needs neighbours_from "data" or "both" (the data\'s law distances)')
     need(all(0 < f < 1 for f in co.reassign_at), f"{pre}.contrastive.reassign_at",
          "must be fractions of training in (0, 1)")
+    need(co.reassign_from in choices(ReassignFrom), f"{pre}.contrastive.reassign_from",
+         f"must be {_quoted_choices(ReassignFrom)}")
+    need(co.reassign_from == "learned" or co.neighbours_from != "learned",
+         f"{pre}.contrastive.reassign_from",
+         'needs neighbours_from "data" or "both" (the data\'s law distances)')
     _check_at_least(co, f"{pre}.contrastive", {"reassign_frames": 1, "reassign_neighbours": 1})
     q = co.grid_quantiles
     need(len(q) == 2 and 0 <= q[0] < q[1] <= 1, f"{pre}.contrastive.grid_quantiles",

@@ -195,6 +195,8 @@ class Contrastive(Phase2Strategy):
             co = s.cfg.strategies.contrastive
             errors = strat.fit_errors(s.model, self.x, self.y, co.reassign_frames,
                                       seed=s.cfg.seed + step)
+            if co.reassign_from == "both":
+                errors = strat.reassignment_scores(errors, self.data_distances)
             strat.reassign_embeddings(s.model, errors, co.reassign_neighbours)
 
     def loss(self, frac: float) -> torch.Tensor | None:

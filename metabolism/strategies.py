@@ -371,6 +371,21 @@ def fit_errors(model, x: torch.Tensor, residual: torch.Tensor, n_frames: int,
     return torch.cat(errs).median(0).values
 
 
+def reassignment_scores(errors: torch.Tensor, data_distances: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+    """What ranks j as a neighbour of i for the reassignment (lower: closer). (N, N)
+
+    The fit errors alone, or, with the data's law distances, each scaled by its median over
+    the pairs and summed (as curve_neighbours combines learned and data distances): j must
+    both fit i's data with its learned curve and have a law like i's in the data.
+    """
+    if data_distances is None:
+        return errors
+    eye = torch.eye(errors.shape[0], dtype=torch.bool, device=errors.device)
+    return sum(d / d[~eye].median().clamp_min(1e-30)
+               for d in (errors, data_distances.to(errors)))
+
+
 def reassign_embeddings(model, errors: torch.Tensor, k: int) -> torch.Tensor:
     """a_i <- coordinate-wise median of a_j over the k metabolites j != i with the lowest e_ij.
 

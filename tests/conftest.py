@@ -26,7 +26,7 @@ ALL_STRATEGIES = {
     "contrastive": {"enabled": True, "weight": 0.1, "n_grid": 8, "temperature": 0.05,
                     "grid_quantiles": [0.25, 0.75], "center_curves": True,
                     "reassign_at": [0.5], "reassign_neighbours": 3, "reassign_frames": 32,
-                    "neighbours_from": "both", "init_from_data": 0.5},
+                    "neighbours_from": "both", "init_from_data": 0.5, "reassign_from": "both"},
     "curriculum": {"enabled": True, "final_fraction": 0.5, "switch_at": 0.5,
                    "late_step_weighting": True},
     "lr_schedule": {"enabled": True, "warmup_fraction": 0.2},

@@ -128,6 +128,10 @@ def test_float_from_yaml_string():
     ({"training": {"strategies": {"lr_schedule": {"peak_factor": -1.0}}}},
      "training.strategies.lr_schedule.peak_factor"),
     ({"training": {"node_output_scale": "data"}}, "training.node_output_scale"),
+    ({"training": {"strategies": {"contrastive": {"reassign_from": "data"}}}},
+     "training.strategies.contrastive.reassign_from"),
+    ({"training": {"strategies": {"contrastive": {"reassign_from": "both"}}}},
+     "training.strategies.contrastive.reassign_from"),
 ])
 def test_range_checks(data, key):
     assert _err(data).startswith(key + ":")

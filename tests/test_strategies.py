@@ -416,6 +416,80 @@ def test_reassignment_moves_stuck_metabolites_to_the_group_their_data_fits():
     torch.testing.assert_close(m.embeddings[stayed].detach(), before[stayed])
 
 
+def _fragment_case():
+    """32 metabolites on one law, 12 of them (0-11) a fragment whose own learned curve fits
+    them a little better than the others' curve does; 8 more (32-39) on a second law. The
+    data's law distances do not know the fragment: its members are no closer to each other
+    than to the rest of their law."""
+    n, fragment, law2 = 40, torch.arange(12), torch.arange(32, 40)
+    in_fragment = torch.zeros(n, dtype=torch.bool)
+    in_fragment[fragment] = True
+    same_law = torch.ones(n, n, dtype=torch.bool)
+    same_law[law2] = False
+    same_law[:, law2] = False
+    same_law[law2[:, None], law2[None, :]] = True
+    errors = torch.where(same_law, 0.51, 5.0)
+    errors[in_fragment[:, None] & in_fragment[None, :]] = 0.50
+    distances = torch.where(same_law, 0.10, 4.0)
+    distances[in_fragment[:, None] & in_fragment[None, :]] = 0.12
+    emb = torch.zeros(n, 2)
+    emb[fragment] = torch.tensor([0.0, 1.0])
+    emb[law2] = torch.tensor([3.0, 0.0])
+    holder = torch.nn.Module()
+    holder.embeddings = torch.nn.Parameter(emb)
+    return holder, errors, distances, fragment, law2
+
+
+def test_reassignment_from_curves_and_data_dissolves_a_fragment_the_curves_hold():
+    """By the learned curves alone a fragment of more than k/2 members holds (each member's k
+    best-fitting are its own); adding the data's law distances, the fragment's members join
+    the rest of their law. The second law stays where it is either way."""
+    holder, errors, distances, fragment, law2 = _fragment_case()
+    start = holder.embeddings.detach().clone()
+    by_curves = strat.reassign_embeddings(holder, strat.reassignment_scores(errors), k=10)
+    torch.testing.assert_close(by_curves, start)  # nothing moves: the fragment holds
+    scores = strat.reassignment_scores(errors, distances)
+    eye = torch.eye(40, dtype=torch.bool)
+    torch.testing.assert_close(scores, errors / errors[~eye].median()
+                               + distances / distances[~eye].median())
+    both = strat.reassign_embeddings(holder, scores, k=10)
+    torch.testing.assert_close(both[fragment], torch.zeros(12, 2))
+    torch.testing.assert_close(both[law2], start[law2])
+
+
+def test_reassignment_uses_the_data_distances_when_configured(tiny_phase1, monkeypatch):
+    """reassign_from 'both': the scores the reassignment ranks by are this run's fit errors
+    plus its own residual law distances."""
+    cfg0, data_root, ckpt, _ = tiny_phase1
+    data = load_training_data(dataset_dir(cfg0, data_root))
+    d = tiny_dict(**{"training.data_augmentation_loop": 4})
+    d["training"]["strategies"] = {
+        "residual_supervision": {"enabled": True},
+        "contrastive": {"enabled": True, "n_grid": 8, "reassign_at": [0.5],
+                        "reassign_neighbours": 3, "reassign_frames": 16,
+                        "neighbours_from": "both", "reassign_from": "both"}}
+    cfg = config_from_dict(d)
+    seen = {}
+    real_errors, real_reassign = strat.fit_errors, strat.reassign_embeddings
+
+    def errors_spy(*args, **kwargs):
+        seen["errors"] = real_errors(*args, **kwargs)
+        return seen["errors"]
+
+    def reassign_spy(model, scores, k):
+        seen["scores"] = scores
+        return real_reassign(model, scores, k)
+
+    monkeypatch.setattr(strat, "fit_errors", errors_spy)
+    monkeypatch.setattr(strat, "reassign_embeddings", reassign_spy)
+    train_phase2(load_phase1_model(ckpt, data, cfg), data, cfg.training, progress=False)
+    x, y = strat.residual_targets(load_phase1_model(ckpt, data, cfg),
+                                  torch.as_tensor(data.concentrations).float(), data.delta_t)
+    expected = strat.reassignment_scores(seen["errors"], strat.residual_law_distances(x, y))
+    torch.testing.assert_close(seen["scores"], expected)
+    assert not torch.allclose(seen["scores"], seen["errors"])
+
+
 def test_reassignment_runs_at_the_configured_fractions(tiny_phase1, monkeypatch):
     cfg0, data_root, ckpt, _ = tiny_phase1
     data = load_training_data(dataset_dir(cfg0, data_root))
