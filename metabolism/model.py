@@ -64,6 +64,9 @@ class MetabolismModel(nn.Module):
         self.embeddings = nn.Parameter(cfg.embedding_init_std * torch.randn(n, cfg.embedding_dim))
         self.register_buffer("concentration_scale", torch.tensor(float(concentration_scale)))
         self.register_buffer("node_output_scale", torch.tensor(1.0))
+        # the same value as a Python float, so node_layers can tell unit 1 without a device sync
+        self._node_output_unit = 1.0
+        self.register_load_state_dict_post_hook(MetabolismModel._read_node_output_unit)
         self.register_buffer("S", torch.as_tensor(stoich.S, dtype=torch.float32))
         # a copy: the buffer must not alias (and let a state-dict load overwrite) the caller's data
         self.register_buffer("substrate_index", torch.tensor(stoich.substrate_index))
@@ -83,9 +86,15 @@ class MetabolismModel(nn.Module):
 
     def node_layers(self) -> Layers:
         layers = _folded(self.mlp_node, self._input_scale(self.embeddings.shape[1]))
+        if self._node_output_unit == 1.0:  # the seed's parametrisation, bit for bit
+            return layers
         w, b = layers[-1]
         scale = self.node_output_scale.to(w.dtype)
         return layers[:-1] + [(w * scale, b * scale)]
+
+    @staticmethod
+    def _read_node_output_unit(module: "MetabolismModel", _incompatible_keys) -> None:
+        module._node_output_unit = float(module.node_output_scale)
 
     def set_node_output_scale(self, scale: float) -> None:
         """Express MLP_node's output in units of `scale`, keeping the function it computes.
@@ -103,6 +112,7 @@ class MetabolismModel(nn.Module):
             last.weight.mul_(ratio)
             last.bias.mul_(ratio)
             self.node_output_scale.fill_(scale)
+        self._node_output_unit = float(scale)
 
     def reactions(self) -> FrozenReactions:
         """The reaction term in kernel form (gradients flow to log10_k / mlp_sub if enabled)."""

@@ -50,6 +50,26 @@ def test_setting_the_scale_keeps_the_function():
         torch.testing.assert_close(b, last.bias * scale)
 
 
+def test_unit_one_is_the_seeds_parametrisation_exactly():
+    """Unit 1 hands the kernels MLP_node's own last layer, not a product with 1: the configs
+    that do not ask for a unit train bit for bit as before."""
+    model = _model()
+    w, b = model.node_layers()[-1]
+    assert w is model.mlp_node[-1].weight and b is model.mlp_node[-1].bias
+
+
+def test_a_checkpoint_keeps_its_unit():
+    """The unit travels in the state dict: a fresh model loaded from it computes the same
+    MLP_node."""
+    trained = _model()
+    trained.set_node_output_scale(4e-3)
+    fresh = _model(seed=SEED + 1)
+    fresh.load_state_dict(trained.state_dict())
+    c = _c()
+    torch.testing.assert_close(fresh.node(c), trained.node(c), rtol=0, atol=0)
+    assert float(fresh.node_output_scale) == pytest.approx(4e-3)
+
+
 @pytest.mark.parametrize("bad", [0.0, -1e-3, math.nan, math.inf])
 def test_a_scale_that_is_not_a_positive_number_is_refused(bad):
     model = _model()
