@@ -89,8 +89,7 @@ class Phase2Setup:
                 y = strat.conserved_law_targets(data, x, y)
             self._residual = (x, y)
             # halves in blocks of two windows, so that few windows straddle the two halves
-            _, window = strat.choose_residual_targets(st, self.conc,
-                                                      self.cfg.homeostasis_time_step)
+            window = strat.residual_window(st, self.cfg.homeostasis_time_step)
             block = 2 * window if self.result.residual_targets.startswith("window") else 2
             self._law_distances = strat.residual_law_distances(x, y)
             self.result.residual_law_reliability = strat.split_half_reliability(

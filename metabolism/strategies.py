@@ -117,11 +117,16 @@ def choose_residual_targets(cfg: StrategiesConfig, concentrations, time_step: in
     """(targets, window) after resolving "auto" from the data: one-frame differences on data
     the noise estimate calls clean (they are exact for noiseless Euler data), windows of the
     slot's time step otherwise."""
-    rs = cfg.residual_supervision
-    targets = rs.targets
+    targets = cfg.residual_supervision.targets
     if targets == "auto":
         targets = "window" if obs.is_noisy(concentrations) else "difference"
-    return targets, (rs.window or time_step)
+    return targets, residual_window(cfg, time_step)
+
+
+def residual_window(cfg: StrategiesConfig, time_step: int) -> int:
+    """Frames a "window" residual target spans: residual_supervision.window, else the slot's
+    time step."""
+    return cfg.residual_supervision.window or time_step
 
 
 def residual_targets_for(model, concentrations: torch.Tensor, delta_t: float,
@@ -240,9 +245,15 @@ def curve_neighbours(curves: torch.Tensor | None, cfg: StrategiesConfig,
     if data_distances is not None:
         distances.append(data_distances)
     eye = torch.eye(distances[0].shape[0], dtype=torch.bool, device=distances[0].device)
-    distance = sum(d / d[~eye].median().clamp_min(1e-30) for d in distances)
-    logits = -distance / cfg.contrastive.temperature
+    logits = -_summed_over_medians(distances) / cfg.contrastive.temperature
     return torch.softmax(logits.masked_fill(eye, -1e9), 1)
+
+
+def _summed_over_medians(distances: list[torch.Tensor]) -> torch.Tensor:
+    """Sum of (N, N) distances, each divided by its median over the pairs i != j, so that
+    distances of different units weigh alike."""
+    eye = torch.eye(distances[0].shape[0], dtype=torch.bool, device=distances[0].device)
+    return sum(d / d[~eye].median().clamp_min(1e-30) for d in distances)
 
 
 def _bin_medians(x: torch.Tensor, residual: torch.Tensor, n_bins: int
@@ -381,9 +392,7 @@ def reassignment_scores(errors: torch.Tensor, data_distances: torch.Tensor | Non
     """
     if data_distances is None:
         return errors
-    eye = torch.eye(errors.shape[0], dtype=torch.bool, device=errors.device)
-    return sum(d / d[~eye].median().clamp_min(1e-30)
-               for d in (errors, data_distances.to(errors)))
+    return _summed_over_medians([errors, data_distances.to(errors)])
 
 
 def reassign_embeddings(model, errors: torch.Tensor, k: int) -> torch.Tensor:
