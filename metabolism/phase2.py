@@ -82,18 +82,17 @@ class Phase2Setup:
         """(x, residual) pairs of strategy 1's targets; records which targets were used."""
         if self._residual is None:
             st, data = self.cfg.strategies, self.data
-            x, y, self.result.residual_targets = strat.residual_targets_for(
-                self.model, self.conc, data.delta_t, data.observe_every, st,
-                self.cfg.homeostasis_time_step)
+            targets = strat.residual_targets_for(self.model, self.conc, data.delta_t,
+                                                 data.observe_every, st,
+                                                 self.cfg.homeostasis_time_step)
+            x, y, self.result.residual_targets = targets.x, targets.y, targets.description
             if st.residual_supervision.target == "conserved_law":
                 y = strat.conserved_law_targets(data, x, y)
             self._residual = (x, y)
-            # halves in blocks of two windows, so that few windows straddle the two halves
-            window = strat.residual_window(st, self.cfg.homeostasis_time_step)
-            block = 2 * window if self.result.residual_targets.startswith("window") else 2
+            # halves in blocks of two target spans, so that few targets straddle the halves
             self._law_distances = strat.residual_law_distances(x, y)
             self.result.residual_law_reliability = strat.split_half_reliability(
-                x, y, self._law_distances, block)
+                x, y, self._law_distances, 2 * targets.span)
         return self._residual
 
     def law_distances(self) -> torch.Tensor:

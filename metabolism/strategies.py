@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import NamedTuple
 
 import torch
 
@@ -129,10 +130,19 @@ def residual_window(cfg: StrategiesConfig, time_step: int) -> int:
     return cfg.residual_supervision.window or time_step
 
 
+class ResidualTargets(NamedTuple):
+    """Residual targets and what they are: `span` is how many observed frames one target's
+    noise reaches over, so that split halves of the data can be kept apart by it."""
+    x: torch.Tensor
+    y: torch.Tensor
+    description: str
+    span: int
+
+
 def residual_targets_for(model, concentrations: torch.Tensor, delta_t: float,
                          observe_every: int, cfg: StrategiesConfig, time_step: int
-                         ) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """The residual targets the config asks for; returns (x, y, description)."""
+                         ) -> ResidualTargets:
+    """The residual targets the config asks for."""
     targets, window = choose_residual_targets(cfg, concentrations, time_step)
     rs = cfg.residual_supervision
     if targets == "savgol":
@@ -140,15 +150,16 @@ def residual_targets_for(model, concentrations: torch.Tensor, delta_t: float,
             obs.estimate_relative_noise(concentrations))
         x, y = savgol_residual_targets(model, concentrations, delta_t, observe_every,
                                        sg_window, rs.savgol_polyorder)
-        return x, y, f"savgol(window={sg_window}, polyorder={rs.savgol_polyorder})"
+        return ResidualTargets(x, y, f"savgol(window={sg_window}, polyorder={rs.savgol_polyorder})",
+                               sg_window)
     if targets == "window":
         x, y = window_residual_targets(model, concentrations, delta_t, observe_every, window)
-        return x, y, f"window({window})"
+        return ResidualTargets(x, y, f"window({window})", window)
     if observe_every == 1:
         x, y = residual_targets(model, concentrations, delta_t)
     else:  # one interval of k Euler steps, the reactions followed between the frames
         x, y = window_residual_targets(model, concentrations, delta_t, observe_every, 1)
-    return x, y, "difference"
+    return ResidualTargets(x, y, "difference", 1)
 
 
 def conserved_law_targets(data: TrainingData, x: torch.Tensor,

@@ -282,11 +282,13 @@ def test_auto_resolves_from_the_data(model):
     noisy = clean * (1 + 0.003 * torch.randn_like(clean))
     assert strat.choose_residual_targets(st, clean, 8) == ("difference", 8)
     assert strat.choose_residual_targets(st, noisy, 8) == ("window", 8)
-    x, y, label = strat.residual_targets_for(model, noisy, 0.1, 1, st, 8)
-    assert label == "window(8)" and x.shape[0] == 300 - 8
+    x, y, label, span = strat.residual_targets_for(model, noisy, 0.1, 1, st, 8)
+    assert label == "window(8)" and x.shape[0] == 300 - 8 and span == 8
+    assert strat.residual_targets_for(model, clean, 0.1, 1, st, 8).span == 1  # differences
     st.residual_supervision.targets = "savgol"
-    x, y, label = strat.residual_targets_for(model, noisy, 0.1, 1, st, 8)
+    x, y, label, span = strat.residual_targets_for(model, noisy, 0.1, 1, st, 8)
     assert label == "savgol(window=9, polyorder=3)" and x.shape[0] == 300 - 9
+    assert span == 9  # the filter's window: neighbouring targets share its noise
     assert torch.isfinite(y).all()
 
 
