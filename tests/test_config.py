@@ -252,8 +252,9 @@ def test_seed_baseline_slot_configs(slot):
 def test_default_slot_configs(slot):
     """The default slot configs: the fixed time step, robust residual supervision and the
     contrastive embedding loss on the data's central concentration range with one reassignment
-    of the embeddings by fit, a cosine decay of the learning rates without warmup; the
-    long-rollout slots also stop the gradient through the reaction term."""
+    of the embeddings by fit and data over 30 neighbours, MLP_node's output in the residual's
+    units, a cosine decay of the learning rates without warmup; the long-rollout slots also
+    stop the gradient through the reaction term."""
     cfg = load_config(f"slot{slot}.yaml")
     assert cfg.slot == slot and cfg.regime == "default"
     assert cfg.training.homeostasis_time_step == {0: 4, 1: 16, 2: 32, 3: 64}[slot]
@@ -265,6 +266,9 @@ def test_default_slot_configs(slot):
     assert st.residual_supervision.loss == "huber"
     assert st.contrastive.grid_quantiles == [0.25, 0.75]
     assert st.contrastive.reassign_at == [0.8]
+    assert (st.contrastive.neighbours_from, st.contrastive.reassign_from,
+            st.contrastive.reassign_neighbours) == ("both", "both", 30)
+    assert cfg.training.node_output_scale == "residual"
     assert (st.lr_schedule.warmup_fraction, st.lr_schedule.peak_factor,
             st.lr_schedule.min_factor) == (0.0, 1.0, 0.05)
     assert 4 <= cfg.training.batch_size <= 32
