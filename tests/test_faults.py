@@ -157,6 +157,12 @@ def test_reaper_counts_a_zombie_as_dead(mlflow_uri):
 # --------------------------------------------------------------------------- studies
 
 
+# updates for a study cell that a test stops mid-training: no cell may finish while the test
+# waits for both to train (with 20000, a CI run on 2 cores found a FINISHED row where the
+# killed worker's FAILED row belonged: one cell had finished before both were seen training)
+LONG_UPDATES = 200_000
+
+
 def _study_setup(tmp_path: Path, tiny_phase1, updates: int):
     _, data_root, _, _ = tiny_phase1
     data = copy_data_root(data_root, tmp_path / "data")
@@ -195,7 +201,7 @@ def _rows(tmp_path: Path) -> list[dict]:
 def test_killed_study_worker_fails_its_cell_and_the_study_goes_on(tmp_path, tiny_phase1):
     """kill -9 of one worker of `--workers 2`: its cell is FAILED with the error, every other
     cell FINISHED, the table complete, no run left RUNNING."""
-    cmd, uri = _study_setup(tmp_path, tiny_phase1, updates=20000)
+    cmd, uri = _study_setup(tmp_path, tiny_phase1, updates=LONG_UPDATES)
     # seeds 0-1 run long enough to kill one of them mid-training
     proc = subprocess.Popen(cmd + ["--slots", "0", "--seeds", "0", "1", "--workers", "2"],
                             env=_env(uri), cwd=tmp_path, stdout=subprocess.PIPE,
@@ -233,7 +239,7 @@ def test_killed_study_worker_fails_its_cell_and_the_study_goes_on(tmp_path, tiny
 def test_kill_9_of_a_study_driver_stops_its_workers_and_ends_their_runs_killed(tmp_path,
                                                                              tiny_phase1):
     """Without the driver nobody records the cells' rows: the workers must not run on."""
-    cmd, uri = _study_setup(tmp_path, tiny_phase1, updates=20000)
+    cmd, uri = _study_setup(tmp_path, tiny_phase1, updates=LONG_UPDATES)
     proc = subprocess.Popen(cmd + ["--slots", "0", "--seeds", "0", "1", "--workers", "2"],
                             env=_env(uri), cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -259,7 +265,7 @@ def test_kill_9_of_a_study_driver_stops_its_workers_and_ends_their_runs_killed(t
 def test_sigterm_stops_a_single_process_study(tmp_path, tiny_phase1):
     """--workers 1 runs cells in the driver itself: SIGTERM ends the run in progress KILLED
     and stops the study there (it must not go on to the next cell)."""
-    cmd, uri = _study_setup(tmp_path, tiny_phase1, updates=20000)
+    cmd, uri = _study_setup(tmp_path, tiny_phase1, updates=LONG_UPDATES)
     proc = subprocess.Popen(cmd + ["--slots", "0", "--seeds", "0", "1", "--workers", "1"],
                             env=_env(uri), cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
