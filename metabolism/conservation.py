@@ -13,14 +13,22 @@ from __future__ import annotations
 import numpy as np
 
 from metabolism.data import TrainingData
+from metabolism.observations import endpoint_weights
 
 
 def finite_differences(data: TrainingData) -> tuple[np.ndarray, np.ndarray]:
-    """(c_t, (c_{t+1} - c_t) / dt) in float64 over the unclamped transitions: the conserved
-    totals change by ~1e-3 per unit time, below float32's resolution of the differences."""
+    """(c_t, (c_{t+1} - c_t) / frame interval) in float64 over the unclamped transitions: the
+    conserved totals change by ~1e-3 per unit time, below float32's resolution of the
+    differences. With k Euler steps between observed frames the difference is the rate at
+    the Euler-weighted mean of the two end states (observations.endpoint_weights), as in
+    Phase 1's targets."""
     c = data.concentrations
     keep = (c[1:] > 0).all(1)
-    return c[:-1][keep], ((c[1:] - c[:-1]) / data.delta_t)[keep]
+    x = c[:-1]
+    if data.observe_every > 1:
+        w_left, w_right = endpoint_weights(data.delta_t, data.observe_every)
+        x = w_left * c[:-1] + w_right * c[1:]
+    return x[keep], ((c[1:] - c[:-1]) / data.frame_interval)[keep]
 
 
 def conserved_quantities(S: np.ndarray) -> np.ndarray:
