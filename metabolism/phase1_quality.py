@@ -112,18 +112,37 @@ def _without_reference(residual: np.ndarray, n_conserved: int, **why) -> Phase1Q
                          **why)
 
 
-def assess_residual(x: np.ndarray, dcdt: np.ndarray, residual: np.ndarray,
-                    S: np.ndarray) -> Phase1Quality:
-    """The verdict on a residual (F, N) of the frames x with finite differences dcdt."""
-    n_conserved = conserved_quantities(S).shape[1]
+def reference_slopes(x: np.ndarray, dcdt: np.ndarray, S: np.ndarray
+                     ) -> tuple[np.ndarray | None, float]:
+    """(a, disagreement): the conserved totals' homeostatic slopes from all frames, and how far
+    those from each half of the frames differ (median, relative to median |a|); a is None
+    when the frames do not determine it."""
     a = conserved_law_slopes(x, dcdt, S)
     half = len(x) // 2
     halves = [conserved_law_slopes(x[sl], dcdt[sl], S) for sl in (slice(None, half),
                                                                   slice(half, None))]
     if a is None or any(h is None for h in halves):
+        return None, float("nan")
+    return a, float(np.median(np.abs(halves[0] - halves[1]))
+                    / max(float(np.median(np.abs(a))), 1e-300))
+
+
+def trusted_reference(data: TrainingData) -> np.ndarray | None:
+    """The conserved totals' slope a_i of each metabolite, or None where they give no reliable
+    one (noisy observations, nothing conserved, halves of the frames disagreeing)."""
+    if estimate_relative_noise(data.concentrations) > NOISE_THRESHOLD:
+        return None
+    a, disagreement = reference_slopes(*finite_differences(data), data.stoich.S)
+    return a if a is not None and disagreement <= MAX_LAW_ERROR else None
+
+
+def assess_residual(x: np.ndarray, dcdt: np.ndarray, residual: np.ndarray,
+                    S: np.ndarray) -> Phase1Quality:
+    """The verdict on a residual (F, N) of the frames x with finite differences dcdt."""
+    n_conserved = conserved_quantities(S).shape[1]
+    a, disagreement = reference_slopes(x, dcdt, S)
+    if a is None:
         return _without_reference(residual, n_conserved, reference_disagreement=np.nan)
-    disagreement = float(np.median(np.abs(halves[0] - halves[1]))
-                         / max(float(np.median(np.abs(a))), 1e-300))
     if disagreement > MAX_LAW_ERROR:
         return _without_reference(residual, n_conserved, reference_disagreement=disagreement)
     noise = mad_sigma(residual - a * x)

@@ -87,7 +87,10 @@ class Phase2Setup:
                                                  self.cfg.homeostasis_time_step)
             x, y, self.result.residual_targets = targets.x, targets.y, targets.description
             if st.residual_supervision.target == "conserved_law":
-                y = strat.conserved_law_targets(data, x, y)
+                y, applied = strat.conserved_law_targets(data, x, y)
+                self.result.residual_targets += (
+                    ", replaced by conserved-law lines" if applied else
+                    ", kept: no reliable conserved-law reference here (target conserved_law)")
             self._residual = (x, y)
             # halves in blocks of two target spans, so that few targets straddle the halves
             self._law_distances = strat.residual_law_distances(x, y)

@@ -15,7 +15,7 @@ import torch
 from kernels import reaction_dcdt
 from metabolism import observations as obs
 from metabolism.config import StrategiesConfig
-from metabolism.conservation import conserved_law_slopes, finite_differences
+from metabolism.phase1_quality import trusted_reference
 from metabolism.data import TrainingData
 
 
@@ -162,20 +162,24 @@ def residual_targets_for(model, concentrations: torch.Tensor, delta_t: float,
     return ResidualTargets(x, y, "difference", 1)
 
 
-def conserved_law_targets(data: TrainingData, x: torch.Tensor,
-                          residual: torch.Tensor) -> torch.Tensor:
-    """Each metabolite's residual replaced by its line a_i c + b_i over the frames x.
+def conserved_law_targets(data: TrainingData, x: torch.Tensor, residual: torch.Tensor
+                          ) -> tuple[torch.Tensor, bool]:
+    """(targets, applied): each metabolite's residual replaced by its line a_i c + b_i over the
+    frames x.
 
     a_i comes from the conserved totals (no Phase 1 error enters it), b_i is the median of
-    residual_i - a_i c_i (Phase 1's error enters only through a median). The residual is
-    returned unchanged when S conserves nothing or the frames do not determine a.
+    residual_i - a_i c_i (Phase 1's error enters only through a median). Where the totals give
+    no reliable a (S conserves nothing, noisy observations, the halves of the frames
+    disagreeing: phase1_quality.trusted_reference) the residual is returned unchanged and
+    applied is False: at 0.1% noise the totals' least squares reads laws hundreds of times
+    too steep, which the lines would have passed on as the law.
     """
-    a = conserved_law_slopes(*finite_differences(data), data.stoich.S)
+    a = trusted_reference(data)
     if a is None:
-        return residual
+        return residual, False
     a = torch.as_tensor(a, dtype=residual.dtype, device=residual.device)
     b = (residual - a * x).median(0).values
-    return a * x + b
+    return a * x + b, True
 
 
 def residual_scale(residual: torch.Tensor) -> torch.Tensor:

@@ -120,11 +120,42 @@ def test_conserved_law_targets_are_the_true_lines_when_phase1_is_off(quick_data)
     law = -truth.lam * (x - truth.baseline)
     noise = np.random.default_rng(1).standard_t(3, x.shape) * 1e-3
     xt = torch.as_tensor(x)
-    targets = conserved_law_targets(data, xt, torch.as_tensor(0.7 * law + noise)).numpy()
-    slopes = (targets[1] - targets[0]) / (x[1] - x[0])
+    targets, applied = conserved_law_targets(data, xt, torch.as_tensor(0.7 * law + noise))
+    assert applied
+    slopes = (targets[1] - targets[0]).numpy() / (x[1] - x[0])
     np.testing.assert_allclose(slopes, -truth.lam, rtol=1e-6)
-    exact = conserved_law_targets(data, xt, torch.as_tensor(law)).numpy()
-    np.testing.assert_allclose(exact, law, atol=1e-9)
+    exact, _ = conserved_law_targets(data, xt, torch.as_tensor(law))
+    np.testing.assert_allclose(exact.numpy(), law, atol=1e-9)
+
+
+def test_conserved_law_targets_keep_the_residual_on_noisy_observations(tmp_path, monkeypatch):
+    """At 1% noise the totals' least squares reads laws many times too steep, and on the
+    default network the halves of the frames agree on it (0.05 apart): the noise estimate
+    alone keeps those lines out of training (the halves are made to agree here)."""
+    import dataclasses
+
+    import torch
+
+    from metabolism import phase1_quality
+    from metabolism.conservation import conserved_law_slopes
+    from metabolism.strategies import conserved_law_targets
+
+    halves_agree = phase1_quality.reference_slopes
+    monkeypatch.setattr(phase1_quality, "reference_slopes",
+                        lambda *args: (halves_agree(*args)[0], 0.0))
+
+    cfg = load_config("slot0", {**QUICK_OVERRIDES, "simulation.observation_noise": 0.01})
+    folder = ensure_dataset(cfg, tmp_path)
+    data, truth = load_training_data(folder), load_ground_truth(folder)
+    x, y = finite_differences(data)
+    a = conserved_law_slopes(x, y, data.stoich.S)
+    assert a is not None and np.median(np.abs(a / truth.lam)) > 10  # what the lines would be
+    residual = torch.as_tensor(np.random.default_rng(2).normal(0, 1e-3, x.shape))
+    kept, applied = conserved_law_targets(data, torch.as_tensor(x), residual)
+    assert not applied and torch.equal(kept, residual)
+    nothing_conserved = dataclasses.replace(
+        data, stoich=dataclasses.replace(data.stoich, S=np.eye(x.shape[1])))
+    assert not conserved_law_targets(nothing_conserved, torch.as_tensor(x), residual)[1]
 
 
 def test_phase1_step_schedule_doubles_up_to_max_steps():
