@@ -116,9 +116,9 @@ class WindowTargets:
     features serve every window that covers it. Windows touching a clamped frame get weight 0.
     """
 
-    SEGMENT = 16  # windows per segment
-
-    def __init__(self, data: TrainingData, window: int, floor: float, device=None):
+    def __init__(self, data: TrainingData, window: int, floor: float, device=None,
+                 segment: int = 4):
+        self.segment = segment  # consecutive windows per segment of a batch
         c64 = torch.as_tensor(data.concentrations, dtype=torch.float64)
         self.W, self.frame_dt = window, data.frame_interval
         self.w_left, self.w_right = obs.endpoint_weights(data.delta_t, data.observe_every)
@@ -141,8 +141,8 @@ class WindowTargets:
         return (csum[..., self.W:, :] - csum[..., :-self.W, :]) / self.W
 
     def sample(self, model, batch_size: int):
-        n_seg = max(1, batch_size // self.SEGMENT)
-        L = min(self.SEGMENT, self.y.shape[0])
+        n_seg = max(1, batch_size // self.segment)
+        L = min(self.segment, self.y.shape[0])
         starts = torch.randint(0, self.y.shape[0] - L + 1, (n_seg,))
         frames = (starts[:, None] + torch.arange(L + self.W)).to(self.c.device)
         cb = self.c[frames]  # (S, L + W, N)
@@ -161,7 +161,8 @@ def phase1_targets(data: TrainingData, cfg: Phase1Config, device=None):
     if mode == "window":
         window = cfg.window or obs.savgol_window_for(
             obs.estimate_relative_noise(data.concentrations))
-        return WindowTargets(data, window, cfg.relative_weight_floor, device)
+        return WindowTargets(data, window, cfg.relative_weight_floor, device,
+                             cfg.window_segment)
     x, y, label = derivative_targets(data, cfg, device)
     return PointTargets(x, y, cfg.relative_weight_floor, label)
 

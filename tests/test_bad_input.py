@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
     ("phase1.n_restarts", 0),
     ("phase1.learning_rate_sub", 0.0),
     ("phase1.drift_warmup_fraction", 1.0),
+    ("phase1.window_segment", 0),
     ("model.hidden_dim_node", 0),
     ("model.embedding_init_std", -1.0),
     ("simulation.lambda_per_type", [0.001, -0.002]),

@@ -389,6 +389,13 @@ def test_phase1_window_rows_average_the_rate_law_along_the_frames(tmp_path, mode
         assert G.shape == (64, G_all.shape[1]) and x.shape == y.shape == w.shape == (64, 20)
         match = [int(torch.nonzero((y_all == yi).all(1))[0]) for yi in y]
         torch.testing.assert_close(G.double(), G_all[match], rtol=1e-4, atol=1e-7)
+        # the batch: 64 / 4 runs of 4 consecutive windows (phase1.window_segment, default 4)
+        starts = torch.tensor(match).reshape(16, 4)
+        assert (starts.diff(dim=1) == 1).all()
+        wide = WindowTargets(data, W, 5.0, segment=16)
+        _, _, y16, _ = wide.sample(model, 64)
+        runs = torch.tensor([int(torch.nonzero((y_all == yi).all(1))[0]) for yi in y16])
+        assert (runs.reshape(4, 16).diff(dim=1) == 1).all()
 
 
 def test_phase1_auto_integrates_windows_on_noisy_data(tmp_path):
