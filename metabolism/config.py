@@ -139,7 +139,9 @@ class Phase1Config:
     # batch's 16 stretches of trajectory left the rates poorly determined: on noiseless data
     # with window targets the residual's type-0 law came out at 0.89 of the truth (law error
     # 0.136), with 4 at 0.99 (0.102), and the 0.1% noise runs had inherited that type-0 bias.
-    # Smaller segments evaluate the rate law on more frames per window (4: twice the time)
+    # Smaller segments evaluate the rate law on more frames per window (4: twice the time).
+    # Left out of the cache key at 4 (one-frame checkpoints do not use it); a window
+    # checkpoint records its segment and one of another segment is rebuilt
     window_segment: int = 4
     savgol_window: int = 0  # frames, odd; 0 = chosen from the estimated noise level
     savgol_polyorder: int = 3
@@ -395,7 +397,7 @@ HASH_NEUTRAL_DEFAULTS: dict[str, dict[str, Any]] = {
     "simulation": {"observation_noise": 0.0, "observe_every": 1,
                    "type_assignment": "contiguous", "type_proportions": []},
     "phase1": {"derivative": "auto", "window": 0, "savgol_window": 0, "savgol_polyorder": 3,
-               "max_steps": 0, "window_segment": 16},
+               "max_steps": 0, "window_segment": 4},
 }
 
 

@@ -113,14 +113,32 @@ def _verified_phase1(path: Path, info_path: Path, data: TrainingData, truth: Gro
         record = verify(path, shapes)
         verify(info_path)
     except NoRecord as exc:
-        return _adopt_phase1(path, info_path, data, truth, cfg, dataset_sha256, exc)
+        info = _adopt_phase1(path, info_path, data, truth, cfg, dataset_sha256, exc)
+        _check_window_segment(path, info, cfg)
+        return info
     if record.get("dataset_sha256") != dataset_sha256:
         raise CacheError(f"{path}: trained on another dataset than "
                          f"{path.parent / 'training.npz'}")
     info = json.loads(info_path.read_text())
     if info != record.get("info"):
         raise CacheError(f"{info_path}: differs from the info recorded with {path.name}")
+    _check_window_segment(path, info, cfg)
     return info
+
+
+def _check_window_segment(path: Path, info: dict, cfg: Config) -> None:
+    """phase1.window_segment is left out of the cache key at its default (the one-frame
+    checkpoints of noiseless data do not depend on it), so a checkpoint of window targets
+    says its segment in its info; one written before the key existed (segment 16, not said)
+    or with another segment is not this config's checkpoint."""
+    targets = str(info.get("derivative_targets", "difference"))
+    if not targets.startswith("window"):
+        return
+    found = re.search(r"segment (\d+)", targets)
+    segment = int(found.group(1)) if found else 16
+    if segment != cfg.phase1.window_segment:
+        raise CacheError(f"{path}: built from window batches of segment {segment}, "
+                         f"phase1.window_segment is {cfg.phase1.window_segment}")
 
 
 def _adopt_phase1(path: Path, info_path: Path, data: TrainingData, truth: GroundTruth,

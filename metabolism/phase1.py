@@ -129,7 +129,7 @@ class WindowTargets:
         w = torch.zeros_like(y)
         w[valid] = relative_weights(y[valid], floor)
         self.y, self.w = y.float().to(device), w.float().to(device)
-        self.label = f"window({window})"
+        self.label = f"window({window}, segment {segment})"
 
     def _average(self, per_frame: torch.Tensor) -> torch.Tensor:
         """(..., frames, K) -> (..., frames - W, K): window time averages of a per-frame row."""

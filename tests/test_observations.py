@@ -342,7 +342,7 @@ def test_phase2_on_sparse_noisy_data_integrates_k_euler_steps_per_frame(tmp_path
                          "training.homeostasis_time_step": 4,
                          "training.strategies.residual_supervision.enabled": True})
     ckpt, info = ensure_phase1(cfg, tmp_path, progress=False, quiet=True)
-    assert info["derivative_targets"] == "window(11)"
+    assert info["derivative_targets"] == "window(11, segment 4)"
     data = load_training_data(dataset_dir(cfg, tmp_path))
     model = load_phase1_model(ckpt, data, cfg)
     seen = []
@@ -398,6 +398,24 @@ def test_phase1_window_rows_average_the_rate_law_along_the_frames(tmp_path, mode
         assert (runs.reshape(4, 16).diff(dim=1) == 1).all()
 
 
+def test_a_window_checkpoint_of_another_segment_is_not_this_configs():
+    """phase1.window_segment stays out of the cache key at its default, so the checkpoint's
+    info carries it: one built before the key existed (segment 16, not said) is refused."""
+    from metabolism.experiment import _check_window_segment
+    from metabolism.integrity import CacheError
+
+    cfg = tiny_config(**{"simulation.observation_noise": 0.01})
+    path = Path("phase1-x.pt")
+    _check_window_segment(path, {"derivative_targets": "window(7, segment 4)"}, cfg)
+    _check_window_segment(path, {"derivative_targets": "difference"}, cfg)
+    with pytest.raises(CacheError, match="segment 16.*phase1.window_segment is 4"):
+        _check_window_segment(path, {"derivative_targets": "window(7)"}, cfg)
+    wide = tiny_config(**{"simulation.observation_noise": 0.01, "phase1.window_segment": 16})
+    _check_window_segment(path, {"derivative_targets": "window(7)"}, wide)
+    with pytest.raises(CacheError, match="segment 4"):
+        _check_window_segment(path, {"derivative_targets": "window(7, segment 4)"}, wide)
+
+
 def test_phase1_auto_integrates_windows_on_noisy_data(tmp_path):
     from metabolism.phase1 import PointTargets, WindowTargets, phase1_targets
 
@@ -406,6 +424,6 @@ def test_phase1_auto_integrates_windows_on_noisy_data(tmp_path):
     assert isinstance(rows, PointTargets) and rows.label == "difference"
     cfg, noisy, _ = _dataset(tmp_path / "b", **{"simulation.observation_noise": 0.01})
     rows = phase1_targets(noisy, cfg.phase1)
-    assert isinstance(rows, WindowTargets) and rows.label == "window(11)"
+    assert isinstance(rows, WindowTargets) and rows.label == "window(11, segment 4)"
     fixed = tiny_config(**{"simulation.observation_noise": 0.01, "phase1.window": 4})
-    assert phase1_targets(noisy, fixed.phase1).label == "window(4)"
+    assert phase1_targets(noisy, fixed.phase1).label == "window(4, segment 4)"
