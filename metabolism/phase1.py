@@ -117,7 +117,7 @@ class WindowTargets:
     """
 
     def __init__(self, data: TrainingData, window: int, floor: float, device=None,
-                 segment: int = 4):
+                 segment: int = Phase1Config.window_segment):
         self.segment = segment  # consecutive windows per segment of a batch
         c64 = torch.as_tensor(data.concentrations, dtype=torch.float64)
         self.W, self.frame_dt = window, data.frame_interval

@@ -28,7 +28,7 @@ import torch
 from kernels.reference import reaction_dcdt
 from metabolism.conservation import conserved_law_slopes, conserved_quantities, finite_differences
 from metabolism.data import TrainingData
-from metabolism.observations import NOISE_THRESHOLD, estimate_relative_noise
+from metabolism.observations import NOISE_THRESHOLD, estimate_relative_noise, is_noisy
 
 N_BINS = 8
 # The residual's per-metabolite law may be off by at most the half-width of the slope-ratio
@@ -130,7 +130,7 @@ def reference_slopes(x: np.ndarray, dcdt: np.ndarray, S: np.ndarray
 def trusted_reference(data: TrainingData) -> np.ndarray | None:
     """The conserved totals' slope a_i of each metabolite, or None where they give no reliable
     one (noisy observations, nothing conserved, halves of the frames disagreeing)."""
-    if estimate_relative_noise(data.concentrations) > NOISE_THRESHOLD:
+    if is_noisy(data.concentrations):
         return None
     a, disagreement = reference_slopes(*finite_differences(data), data.stoich.S)
     return a if a is not None and disagreement <= MAX_LAW_ERROR else None
