@@ -41,6 +41,7 @@ DerivativeMode = Literal["auto", "difference", "window", "savgol"]
 TypeAssignment = Literal["contiguous", "random"]
 ResidualLoss = Literal["mse", "huber"]
 ResidualTarget = Literal["residual", "conserved_law"]
+ConservedLawOffsets = Literal["slope_group", "metabolite"]
 ContrastiveMode = Literal["attract", "neighbour"]
 NeighboursFrom = Literal["learned", "data", "both"]
 ReassignFrom = Literal["learned", "both"]
@@ -155,7 +156,9 @@ class ResidualSupervision:
     heavy-tailed); huber_scale is the quadratic zone in units of each metabolite's residual MAD.
     target "conserved_law" replaces each metabolite's residual by the line a_i c + b_i: a_i from
     the network's conserved totals (metabolism.conservation, free of Phase 1's error), b_i the
-    median of residual - a_i c; "residual" (the seed's) keeps the residual as it is.
+    median of residual - a_i c, pooled over the metabolites of the same slope
+    (conserved_law_offsets "slope_group") or its own ("metabolite"); where the totals give no
+    reliable reference the residual is kept. "residual" (the seed's) keeps the residual as it is.
     """
 
     enabled: bool = False
@@ -171,6 +174,7 @@ class ResidualSupervision:
     savgol_window: int = 0  # frames, odd; 0 = chosen from the estimated noise level
     savgol_polyorder: int = 3
     target: ResidualTarget = "residual"
+    conserved_law_offsets: ConservedLawOffsets = "slope_group"
 
 
 @dataclass
@@ -569,6 +573,9 @@ def _check_strategies(st: StrategiesConfig) -> None:
     need(rs.huber_scale > 0, f"{pre}.residual_supervision.huber_scale", "must be > 0")
     need(rs.target in choices(ResidualTarget), f"{pre}.residual_supervision.target",
          f"must be {_quoted_choices(ResidualTarget)}")
+    need(rs.conserved_law_offsets in choices(ConservedLawOffsets),
+         f"{pre}.residual_supervision.conserved_law_offsets",
+         f"must be {_quoted_choices(ConservedLawOffsets)}")
     am = st.amplification
     need(am.factor > 0, f"{pre}.amplification.factor", "must be > 0")
     _check_fractions(am, f"{pre}.amplification", ("anneal_start", "anneal_end"))
@@ -588,6 +595,11 @@ def _check_strategies(st: StrategiesConfig) -> None:
     need(co.init_from_data == 0 or co.neighbours_from != "learned",
          f"{pre}.contrastive.init_from_data",
          'needs neighbours_from "data" or "both" (the data\'s law distances)')
+    need(co.init_from_data == 0 or rs.target != "conserved_law",
+         f"{pre}.contrastive.init_from_data",
+         'must be 0 with residual_supervision.target "conserved_law": the lines make the laws '
+         "of a group identical, and the spectral embedding of identical laws has no orientation "
+         "of its own (rounding, which follows the metabolites' order, sets it)")
     need(all(0 < f < 1 for f in co.reassign_at), f"{pre}.contrastive.reassign_at",
          "must be fractions of training in (0, 1)")
     need(co.reassign_from in choices(ReassignFrom), f"{pre}.contrastive.reassign_from",

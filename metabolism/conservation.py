@@ -40,7 +40,13 @@ def conserved_quantities(S: np.ndarray) -> np.ndarray:
 
 def conserved_law_slopes(x: np.ndarray, dcdt: np.ndarray, S: np.ndarray) -> np.ndarray | None:
     """a_i from m_k^T dc/dt(t) = sum_i m_ki (a_i c_i(t)) + const_k, least squares over all
-    frames and conserved m_k; None when there is no m_k or the frames do not determine a."""
+    frames and conserved m_k; None when there is no m_k or the frames do not determine a.
+
+    Solved with the metabolites in an order read from the data (first frame, then mean
+    concentration), so that renumbering them changes nothing, not even the rounding: the
+    least squares and the SVD round differently when their columns come in another order."""
+    order = np.lexsort((x.mean(0), x[0]))
+    x, dcdt, S = x[:, order], dcdt[:, order], S[order]
     M = conserved_quantities(S)
     n, k = M.shape
     if k == 0:
@@ -48,4 +54,8 @@ def conserved_law_slopes(x: np.ndarray, dcdt: np.ndarray, S: np.ndarray) -> np.n
     rows = [np.hstack([x * M[:, j], np.eye(k)[j][None, :].repeat(len(x), 0)]) for j in range(k)]
     design, target = np.vstack(rows), np.concatenate([dcdt @ M[:, j] for j in range(k)])
     sol, _, rank, _ = np.linalg.lstsq(design, target, rcond=None)
-    return sol[:n] if rank == n + k else None
+    if rank != n + k:
+        return None
+    a = np.empty(n)
+    a[order] = sol[:n]
+    return a

@@ -35,6 +35,7 @@ from metabolism.network import GroundTruth
 from metabolism.phase1 import train_phase1
 from metabolism.phase1_quality import assess_phase1, phase2_residual
 from metabolism.phase2 import strategy_events, train_phase2
+from metabolism.strategies import uses_conserved_law
 from metabolism.verdict import classify_slope_ratio, targets_met
 
 
@@ -442,7 +443,12 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
                          "phase1_rate_constants_R2": f"{phase1_r2(model, data, truth):.4f}"})
         quality = assess_phase1(model, data)  # data only: the verdict a user gets
         mlflow.set_tag("phase1_trust", quality.verdict)
-        if quality.verdict == "untrusted":
+        if quality.verdict == "untrusted" and uses_conserved_law(tr.strategies, data):
+            print(f"WARNING: Phase 1 untrusted, do not trust this run's results: "
+                  f"{quality.reason}; MLP_node learned the conserved totals' lines, not "
+                  f"Phase 1's residual, but the offsets and the rollout term still carry "
+                  f"Phase 1's error", file=sys.stderr, flush=True)
+        elif quality.verdict == "untrusted":
             print(f"WARNING: Phase 1 untrusted, do not trust this run's slopes: "
                   f"{quality.reason}", file=sys.stderr, flush=True)
         elif quality.verdict == "unknown":

@@ -127,13 +127,14 @@ def reference_slopes(x: np.ndarray, dcdt: np.ndarray, S: np.ndarray
                     / max(float(np.median(np.abs(a))), 1e-300))
 
 
-def trusted_reference(data: TrainingData) -> np.ndarray | None:
-    """The conserved totals' slope a_i of each metabolite, or None where they give no reliable
+def trusted_reference(data: TrainingData) -> tuple[np.ndarray, float] | None:
+    """(a, disagreement): the conserved totals' slope a_i of each metabolite and how far the
+    halves of the frames differ on it (reference_slopes), or None where they give no reliable
     one (noisy observations, nothing conserved, halves of the frames disagreeing)."""
     if is_noisy(data.concentrations):
         return None
     a, disagreement = reference_slopes(*finite_differences(data), data.stoich.S)
-    return a if a is not None and disagreement <= MAX_LAW_ERROR else None
+    return (a, disagreement) if a is not None and disagreement <= MAX_LAW_ERROR else None
 
 
 def assess_residual(x: np.ndarray, dcdt: np.ndarray, residual: np.ndarray,

@@ -87,9 +87,11 @@ class Phase2Setup:
                                                  self.cfg.homeostasis_time_step)
             x, y, self.result.residual_targets = targets.x, targets.y, targets.description
             if st.residual_supervision.target == "conserved_law":
-                y, applied = strat.conserved_law_targets(data, x, y)
+                y, applied = strat.conserved_law_targets(
+                    data, x, y, st.residual_supervision.conserved_law_offsets)
                 self.result.residual_targets += (
-                    ", replaced by conserved-law lines" if applied else
+                    f", replaced by conserved-law lines (offsets: "
+                    f"{st.residual_supervision.conserved_law_offsets})" if applied else
                     ", kept: no reliable conserved-law reference here (target conserved_law)")
             self._residual = (x, y)
             # halves in blocks of two target spans, so that few targets straddle the halves
@@ -196,9 +198,11 @@ class Contrastive(Phase2Strategy):
             co = s.cfg.strategies.contrastive
             errors = strat.fit_errors(s.model, self.x, self.y, co.reassign_frames,
                                       seed=s.cfg.seed + step)
+            same_law_from = None
             if co.reassign_from == "both":
                 errors = strat.reassignment_scores(errors, self.data_distances)
-            strat.reassign_embeddings(s.model, errors, co.reassign_neighbours)
+                same_law_from = self.data_distances
+            strat.reassign_embeddings(s.model, errors, co.reassign_neighbours, same_law_from)
 
     def loss(self, frac: float) -> torch.Tensor | None:
         s = self.setup

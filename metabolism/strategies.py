@@ -10,6 +10,7 @@ import math
 import random
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from kernels import reaction_dcdt
@@ -162,23 +163,53 @@ def residual_targets_for(model, concentrations: torch.Tensor, delta_t: float,
     return ResidualTargets(x, y, "difference", 1)
 
 
-def conserved_law_targets(data: TrainingData, x: torch.Tensor, residual: torch.Tensor
-                          ) -> tuple[torch.Tensor, bool]:
+# Two metabolites share a law's offset when their conserved-total slopes agree within this
+# many times the reference's own scatter (the halves' disagreement). Within a type the slopes
+# agree to 2-6x that scatter on every noiseless regime here, types differ by >= 1e7x of it.
+SLOPE_MATCH = 100.0
+
+
+def uses_conserved_law(st: StrategiesConfig, data: TrainingData) -> bool:
+    """Whether residual supervision will learn from the conserved-law lines on these data
+    (conserved_law_targets applies them) rather than from the residual."""
+    rs = st.residual_supervision
+    return rs.enabled and rs.target == "conserved_law" and trusted_reference(data) is not None
+
+
+def conserved_law_targets(data: TrainingData, x: torch.Tensor, residual: torch.Tensor,
+                          offsets: str = "slope_group") -> tuple[torch.Tensor, bool]:
     """(targets, applied): each metabolite's residual replaced by its line a_i c + b_i over the
     frames x.
 
-    a_i comes from the conserved totals (no Phase 1 error enters it), b_i is the median of
-    residual_i - a_i c_i (Phase 1's error enters only through a median). Where the totals give
-    no reliable a (S conserves nothing, noisy observations, the halves of the frames
-    disagreeing: phase1_quality.trusted_reference) the residual is returned unchanged and
-    applied is False: at 0.1% noise the totals' least squares reads laws hundreds of times
-    too steep, which the lines would have passed on as the law.
+    a_i comes from the conserved totals (no Phase 1 error enters it). The totals fix only the
+    sum of the offsets, so b_i comes from the residual: the median of residual_i - a_i c_i
+    ("metabolite"), where a weak law or a poor Phase 1 leaves it off by one or two times the
+    true offset, enough to put a metabolite on the other type's curve. "slope_group" takes the
+    median of those medians over every metabolite whose slope agrees with a_i (SLOPE_MATCH):
+    a law is one (slope, offset) pair, so metabolites of one slope share one offset. Its
+    assumption: laws of equal slope have equal offsets (types differ in lambda).
+
+    Where the totals give no reliable a (S conserves nothing, noisy observations, the halves
+    of the frames disagreeing: phase1_quality.trusted_reference) the residual is returned
+    unchanged and applied is False: at 0.1% noise the totals' least squares reads laws
+    hundreds of times too steep, which the lines would have passed on as the law.
     """
-    a = trusted_reference(data)
-    if a is None:
+    reference = trusted_reference(data)
+    if reference is None:
         return residual, False
-    a = torch.as_tensor(a, dtype=residual.dtype, device=residual.device)
+    a_np, disagreement = reference
+    a = torch.as_tensor(a_np, dtype=residual.dtype, device=residual.device)
     b = (residual - a * x).median(0).values
+    if offsets == "slope_group":  # in float64: within a type the slopes agree to ~1e-9
+        tolerance = SLOPE_MATCH * disagreement * float(np.median(np.abs(a_np)))
+        order = np.argsort(a_np, kind="stable")  # each group: a run of the sorted slopes
+        low = np.searchsorted(a_np[order], a_np - tolerance, side="left")
+        high = np.searchsorted(a_np[order], a_np + tolerance, side="right")
+        groups = [torch.as_tensor(order[lo:hi], device=b.device) for lo, hi in zip(low, high)]
+        # one law per group: its slopes differ only by the least squares' rounding, which
+        # would otherwise rank metabolites of one law as nearer or farther apart
+        a = torch.stack([a[g].median() for g in groups])
+        b = torch.stack([b[g].median() for g in groups])
     return a * x + b, True
 
 
@@ -297,7 +328,11 @@ def residual_law_distances(x: torch.Tensor, residual: torch.Tensor,
     slope = (xc * (yb - y_mean)).sum(0) / (xc ** 2).sum(0).clamp_min(1e-30)
     line_j_at_i = y_mean + slope * (xb[:, :, None] - x_mean)  # (n_bins, i, j)
     miss = ((yb[:, :, None] - line_j_at_i) ** 2).mean(0)
-    return torch.minimum(miss, miss.T)
+    # one law fitted twice misses by rounding alone, and rounding depends on where a metabolite
+    # sits in memory: below the arithmetic's resolution two laws are the same (distance 0)
+    resolution = 64 * torch.finfo(miss.dtype).eps * float(yb.abs().max())
+    distance = torch.minimum(miss, miss.T)
+    return distance.masked_fill(distance < resolution ** 2, 0.0)
 
 
 def split_half_reliability(x: torch.Tensor, residual: torch.Tensor, distances: torch.Tensor,
@@ -410,7 +445,8 @@ def reassignment_scores(errors: torch.Tensor, data_distances: torch.Tensor | Non
     return _summed_over_medians([errors, data_distances.to(errors)])
 
 
-def reassign_embeddings(model, errors: torch.Tensor, k: int) -> torch.Tensor:
+def reassign_embeddings(model, errors: torch.Tensor, k: int,
+                        data_distances: torch.Tensor | None = None) -> torch.Tensor:
     """a_i <- coordinate-wise median of a_j over the k metabolites j != i with the lowest e_ij.
 
     Once the attraction has formed groups, members of a group share its curve, so those k
@@ -418,12 +454,23 @@ def reassign_embeddings(model, errors: torch.Tensor, k: int) -> torch.Tensor:
     (or between groups) moves to the right one, the others stay in theirs. The median of k,
     not the single best j, so that an isolated embedding whose curve happens to fit several
     metabolites cannot gather them into a group of its own. Returns the new embeddings.
+
+    Where the data's laws of more than k metabolites are identical to i's (law distance 0:
+    the conserved-law lines of one group) the median is over all of them: the k best by
+    the learned curves would be the fragment of the group that i's embedding sits in (on
+    unequal_groups fragments of 11-27 of 70 metabolites held), and the data say the whole
+    group has one law.
     """
     eye = torch.eye(errors.shape[0], dtype=torch.bool, device=errors.device)
     k = max(1, min(k, errors.shape[0] - 1))
     best = errors.masked_fill(eye, float("inf")).topk(k, dim=1, largest=False).indices  # (N, k)
     with torch.no_grad():
-        new = model.embeddings[best].median(1).values
+        emb = model.embeddings
+        new = emb[best].median(1).values
+        if data_distances is not None:
+            same_law = (data_distances.to(errors.device) == 0) & ~eye
+            for i in torch.nonzero(same_law.sum(1) > k).flatten().tolist():
+                new[i] = emb[same_law[i]].median(0).values
         model.embeddings.copy_(new)
     return new
 

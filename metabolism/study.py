@@ -84,7 +84,10 @@ VARIANTS = {  # overrides on top of each slot config: ablations of what it enabl
                            "training.strategies.contrastive.reassign_from": "learned"},
     "no_gradient_isolation": {"training.strategies.gradient_isolation.enabled": False},
     "no_lr_schedule": {"training.strategies.lr_schedule.enabled": False},
-    "conserved_law": {"training.strategies.residual_supervision.target": "conserved_law"},
+    "conserved_law_own_offsets": {
+        "training.strategies.residual_supervision.target": "conserved_law",
+        "training.strategies.residual_supervision.conserved_law_offsets": "metabolite"},
+    "residual": {"training.strategies.residual_supervision.target": "residual"},
     "amplification": {"training.strategies.amplification.enabled": True},
     # residual targets on noisy data (the slot configs' "auto" picks windows of the slot's T)
     "residual_difference": {"training.strategies.residual_supervision.targets": "difference"},

@@ -96,6 +96,11 @@ def test_float_from_yaml_string():
     ({"regime": "x", "simulation": {"n_metabolite_types": 3}}, "simulation.lambda_per_type"),
     ({"training": {"strategies": {"residual_supervision": {"target": "truth"}}}},
      "training.strategies.residual_supervision.target"),
+    ({"training": {"strategies": {"residual_supervision": {"conserved_law_offsets": "type"}}}},
+     "training.strategies.residual_supervision.conserved_law_offsets"),
+    ({"training": {"strategies": {"residual_supervision": {"target": "conserved_law"},
+                                  "contrastive": {"init_from_data": 0.5}}}},
+     "training.strategies.contrastive.init_from_data"),
     ({"regime": "x", "simulation": {"type_assignment": "shuffled"}},
      "simulation.type_assignment"),
     ({"regime": "x", "simulation": {"type_proportions": [0.7]}}, "simulation.type_proportions"),
@@ -250,8 +255,9 @@ def test_seed_baseline_slot_configs(slot):
 
 @pytest.mark.parametrize("slot", [0, 1, 2, 3])
 def test_default_slot_configs(slot):
-    """The default slot configs: the fixed time step, robust residual supervision and the
-    contrastive embedding loss on the data's central concentration range with one reassignment
+    """The default slot configs: the fixed time step, robust residual supervision (by the
+    conserved-law lines where the data give them) and the contrastive embedding loss on the
+    data's central concentration range with one reassignment
     of the embeddings by fit and data over 30 neighbours, MLP_node's output in the residual's
     units, a cosine decay of the learning rates without warmup; the long-rollout slots also
     stop the gradient through the reaction term."""
@@ -264,6 +270,8 @@ def test_default_slot_configs(slot):
         expected.append("gradient_isolation")
     assert st.enabled_names() == expected
     assert st.residual_supervision.loss == "huber"
+    assert (st.residual_supervision.target,
+            st.residual_supervision.conserved_law_offsets) == ("conserved_law", "slope_group")
     assert st.contrastive.grid_quantiles == [0.25, 0.75]
     assert st.contrastive.reassign_at == [0.8]
     assert (st.contrastive.neighbours_from, st.contrastive.reassign_from,

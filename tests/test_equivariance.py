@@ -47,11 +47,16 @@ def _train(ckpt, data, cfg, init_embeddings=None):
     return model, initial, res
 
 
-@pytest.fixture(scope="module")
-def trained_pair(tiny_phase1):
+@pytest.fixture(scope="module", params=["residual", "conserved_law"])
+def trained_pair(tiny_phase1, request):
+    """Trained on the data and on a relabelling of them, learning from the residual or (the
+    slot configs') from the conserved-law lines, whose offsets are pooled over metabolites."""
     cfg0, data_root, ckpt, _ = tiny_phase1
     d = tiny_dict()
     d["training"]["strategies"] = copy.deepcopy(ALL_STRATEGIES)
+    d["training"]["strategies"]["residual_supervision"]["target"] = request.param
+    if request.param == "conserved_law":  # refused with it (config._check_strategies)
+        d["training"]["strategies"]["contrastive"]["init_from_data"] = 0.0
     d["training"]["node_output_scale"] = "residual"  # read from the data: must permute too
     cfg = config_from_dict(d)
     data = load_training_data(dataset_dir(cfg0, data_root))

@@ -457,6 +457,27 @@ def test_reassignment_from_curves_and_data_dissolves_a_fragment_the_curves_hold(
     torch.testing.assert_close(both[law2], start[law2])
 
 
+def test_reassignment_joins_every_metabolite_of_an_identical_law():
+    """With the conserved-law lines a law's metabolites have law distance 0 to each other,
+    so the summed scores rank them by the learned curves alone and a fragment of more than
+    k/2 holds (unequal_groups: fragments of 11-27 of 70). Given the distances, a metabolite
+    with more than k others of its exact law takes the median over all of them: the fragment
+    joins its law, and a law with k or fewer such metabolites keeps its k best."""
+    holder, errors, distances, fragment, law2 = _fragment_case()
+    start = holder.embeddings.detach().clone()
+    exact = torch.where(distances < 1.0, 0.0, distances)  # identical laws, the fragment too
+    scores = strat.reassignment_scores(errors, exact)
+    held = strat.reassign_embeddings(holder, scores, k=10)
+    torch.testing.assert_close(held, start)  # ranked by the scores alone, the fragment holds
+    holder.embeddings.data.copy_(start)
+    joined = strat.reassign_embeddings(holder, scores, k=10, data_distances=exact)
+    torch.testing.assert_close(joined[fragment], torch.zeros(12, 2))
+    torch.testing.assert_close(joined[law2], start[law2])  # 7 others of its law: k best
+    holder.embeddings.data.copy_(start)
+    noisy = strat.reassign_embeddings(holder, scores, k=10, data_distances=distances)
+    torch.testing.assert_close(noisy, start)  # no distance is 0: the k best, as before
+
+
 def test_reassignment_uses_the_data_distances_when_configured(tiny_phase1, monkeypatch):
     """reassign_from 'both': the scores the reassignment ranks by are this run's fit errors
     plus its own residual law distances."""
@@ -476,17 +497,19 @@ def test_reassignment_uses_the_data_distances_when_configured(tiny_phase1, monke
         seen["errors"] = real_errors(*args, **kwargs)
         return seen["errors"]
 
-    def reassign_spy(model, scores, k):
-        seen["scores"] = scores
-        return real_reassign(model, scores, k)
+    def reassign_spy(model, scores, k, same_law_from=None):
+        seen["scores"], seen["same_law_from"] = scores, same_law_from
+        return real_reassign(model, scores, k, same_law_from)
 
     monkeypatch.setattr(strat, "fit_errors", errors_spy)
     monkeypatch.setattr(strat, "reassign_embeddings", reassign_spy)
     train_phase2(load_phase1_model(ckpt, data, cfg), data, cfg.training, progress=False)
     x, y = strat.residual_targets(load_phase1_model(ckpt, data, cfg),
                                   torch.as_tensor(data.concentrations).float(), data.delta_t)
-    expected = strat.reassignment_scores(seen["errors"], strat.residual_law_distances(x, y))
+    distances = strat.residual_law_distances(x, y)
+    expected = strat.reassignment_scores(seen["errors"], distances)
     torch.testing.assert_close(seen["scores"], expected)
+    torch.testing.assert_close(seen["same_law_from"], distances)
     assert not torch.allclose(seen["scores"], seen["errors"])
 
 
@@ -502,9 +525,9 @@ def test_reassignment_runs_at_the_configured_fractions(tiny_phase1, monkeypatch)
     calls = []
     original = strat.reassign_embeddings
 
-    def recording(model, errors, k):
+    def recording(model, errors, k, same_law_from=None):
         calls.append((tuple(errors.shape), k))
-        return original(model, errors, k)
+        return original(model, errors, k, same_law_from)
 
     monkeypatch.setattr(strat, "reassign_embeddings", recording)
     train_phase2(m, data, cfg.training, progress=False)
