@@ -28,12 +28,14 @@ from metabolism.files import replace_atomically, write_text_atomically
 from metabolism.integrity import (CacheError, NoRecord, cache_lock, check_shapes,
                                   describe_arrays, read_record, verify, write_record)
 from metabolism.metrics import (corrected_log10_k, dbscan_labels, evaluate, matched_types,
-                                node_fn_of, rate_constants_r2, residual_error_vs_truth)
+                                node_fn_of, rate_constants_r2, residual_error_vs_truth,
+                                sweep_node)
 from metabolism.model import MetabolismModel
 from metabolism.observations import estimate_relative_noise
 from metabolism.network import GroundTruth
 from metabolism.phase1 import train_phase1
-from metabolism.phase1_quality import assess_phase1, phase2_residual
+from metabolism.phase1_quality import (MAX_LAW_ERROR, assess_phase1, learned_law_error,
+                                      phase2_residual)
 from metabolism.phase2 import strategy_events, train_phase2
 from metabolism.strategies import uses_conserved_law
 from metabolism.verdict import classify_slope_ratio, targets_met
@@ -388,6 +390,25 @@ def split_ground_truth(metrics: dict[str, float]) -> tuple[dict[str, float], dic
     return {k: v for k, v in metrics.items() if k not in truth}, truth
 
 
+def learned_law_check(model, data: TrainingData, n_points: int) -> float:
+    """learned_law_error of the trained model, its slopes swept over each metabolite's observed
+    range in the training data (not the evaluation's noiseless frames: data only)."""
+    c = data.concentrations
+    sweep = sweep_node(node_fn_of(model), c.min(0), c.max(0), n_points)
+    return learned_law_error(sweep.slopes, data)
+
+
+def learned_law_verdict(error: float) -> str:
+    """The analysis.log line on learned_law_error; its first word is the MLflow tag."""
+    if not math.isfinite(error):
+        return "unknown (no reliable conserved-law reference on these data)"
+    if error > MAX_LAW_ERROR:
+        return (f"inconsistent (the learned slopes are off by {error:.2f} of the law the "
+                f"conserved totals show, limit {MAX_LAW_ERROR:g}: do not trust its slopes)")
+    return (f"consistent (the learned slopes are within {error:.3f} of the law the conserved "
+            f"totals show)")
+
+
 def verdict_tags(metrics: dict[str, float], n_types: int) -> dict[str, str]:
     return {"verdict": classify_slope_ratio(metrics.get("avg_slope_ratio", float("nan"))),
             "targets_met": str(targets_met(metrics, n_types)).lower()}
@@ -492,6 +513,9 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
         if math.isfinite(result.residual_law_reliability):
             metrics["residual_law_reliability"] = result.residual_law_reliability
         metrics["node_output_scale"] = result.node_output_scale
+        learned = learned_law_check(model, data, cfg.evaluation.n_sweep_points)
+        if math.isfinite(learned):
+            metrics["learned_law_error"] = learned
         header = {"run": run_name, "slot": str(cfg.slot),
                   "time_step": str(tr.homeostasis_time_step), "strategy": tr.strategies.label(),
                   "strategy_params": tr.strategies.describe(),
@@ -510,13 +534,19 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
                   "training_seconds": f"{result.seconds:.1f}",
                   "device": f"{device} ({compute.device_name(device)}), "
                             f"{torch.get_num_threads()} torch threads",
-                  "phase1_trust": f"{quality.verdict} ({quality.reason})"}
+                  "phase1_trust": f"{quality.verdict} ({quality.reason})",
+                  "learned_law": learned_law_verdict(learned)}
         write_analysis_log(run_dir / "analysis.log", metrics, header)
+        mlflow.set_tag("learned_law", learned_law_verdict(learned).split(" ")[0])
+        if math.isfinite(learned) and learned > MAX_LAW_ERROR:
+            print(f"WARNING: this run's learned law is off: {learned_law_verdict(learned)}",
+                  file=sys.stderr, flush=True)
         # the evaluation metrics were logged at the final update by the evaluator; logging them
         # again without a step would add a point at step 0 that never happened
         tracking.log_metrics_finite({"phase2_loss": result.final_loss,
                                      "residual_law_reliability": result.residual_law_reliability,
-                                     "node_output_scale": result.node_output_scale},
+                                     "node_output_scale": result.node_output_scale,
+                                     "learned_law_error": learned},
                                     step=tr.data_augmentation_loop)
         # measured once, before training; logged with the final evaluation's step
         tracking.log_metrics_finite({**quality.metrics(), **phase1_gt},

@@ -108,6 +108,13 @@ def test_quick_run_is_flagged_everywhere(tmp_path, mlflow_uri, capfd):
     assert run.data.tags["phase1_trust"] == "untrusted"
     assert run.data.metrics["phase1_law_error"] == pytest.approx(values["phase1_law_error"],
                                                                  rel=1e-5)
+    # four updates leave MLP_node far from any law: the result check says so, from data only
+    assert "WARNING: this run's learned law is off: inconsistent" in err
+    assert values["learned_law_error"] > MAX_LAW_ERROR
+    assert "# learned_law: inconsistent (" in log
+    assert run.data.tags["learned_law"] == "inconsistent"
+    assert run.data.metrics["learned_law_error"] == pytest.approx(values["learned_law_error"],
+                                                                  rel=1e-5)
     # learning from the residual, the slopes themselves carry Phase 1's error
     cfg = load_config("slot0", {**QUICK_OVERRIDES, "training.data_augmentation_loop": 4,
                                 "training.strategies.residual_supervision.target": "residual"})
@@ -252,3 +259,17 @@ def test_conserved_law_offsets_are_shared_by_metabolites_of_one_slope(quick_data
     np.testing.assert_allclose(pooled.numpy(), law, atol=1e-9)
     own, _ = conserved_law_targets(data, torch.as_tensor(x), residual, "metabolite")
     np.testing.assert_allclose(own.numpy(), law + shifted, atol=1e-9)
+
+
+def test_learned_law_error_reads_the_result_against_the_conserved_totals(quick_data, tmp_path):
+    """The data-only check of a trained run: slopes on the true law give ~0, a law 0.7x too
+    shallow gives 0.3 (above the 0.2 limit), and noisy data give no number."""
+    from metabolism.phase1_quality import learned_law_error
+
+    _, data, truth, _, _ = quick_data
+    assert learned_law_error(-truth.lam, data) < 1e-6
+    assert learned_law_error(-0.7 * truth.lam, data) == pytest.approx(0.3, rel=1e-4)
+    assert learned_law_error(-0.7 * truth.lam, data) > MAX_LAW_ERROR
+    cfg = load_config("slot0", {**QUICK_OVERRIDES, "simulation.observation_noise": 0.01})
+    noisy = load_training_data(ensure_dataset(cfg, tmp_path))
+    assert np.isnan(learned_law_error(-truth.lam, noisy))
