@@ -514,6 +514,7 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
             metrics["residual_law_reliability"] = result.residual_law_reliability
         metrics["node_output_scale"] = result.node_output_scale
         learned = learned_law_check(model, data, cfg.evaluation.n_sweep_points)
+        learned_verdict = learned_law_verdict(learned)
         if math.isfinite(learned):
             metrics["learned_law_error"] = learned
         header = {"run": run_name, "slot": str(cfg.slot),
@@ -535,11 +536,11 @@ def run_phase2(cfg: Config, *, runs_root: Path = Path("runs"), data_root: Path =
                   "device": f"{device} ({compute.device_name(device)}), "
                             f"{torch.get_num_threads()} torch threads",
                   "phase1_trust": f"{quality.verdict} ({quality.reason})",
-                  "learned_law": learned_law_verdict(learned)}
+                  "learned_law": learned_verdict}
         write_analysis_log(run_dir / "analysis.log", metrics, header)
-        mlflow.set_tag("learned_law", learned_law_verdict(learned).split(" ")[0])
+        mlflow.set_tag("learned_law", learned_verdict.split(" ")[0])
         if math.isfinite(learned) and learned > MAX_LAW_ERROR:
-            print(f"WARNING: this run's learned law is off: {learned_law_verdict(learned)}",
+            print(f"WARNING: this run's learned law is off: {learned_verdict}",
                   file=sys.stderr, flush=True)
         # the evaluation metrics were logged at the final update by the evaluator; logging them
         # again without a step would add a point at step 0 that never happened

@@ -76,6 +76,12 @@ class Phase1Quality:
                 "phase1_trusted": {"trusted": 1.0, "untrusted": 0.0}.get(self.verdict, np.nan)}
 
 
+def relative_slope_error(slopes: np.ndarray, a: np.ndarray) -> float:
+    """median |slopes_i - a_i| / median |a_i|: how far per-metabolite slopes are from the
+    reference's, in units of its typical slope."""
+    return float(np.median(np.abs(slopes - a)) / max(float(np.median(np.abs(a))), 1e-300))
+
+
 def mad_sigma(a: np.ndarray, axis: int = 0) -> np.ndarray:
     med = np.median(a, axis=axis, keepdims=True)
     return 1.4826 * np.median(np.abs(a - med), axis=axis)
@@ -147,7 +153,7 @@ def learned_law_error(learned_slopes: np.ndarray, data: TrainingData) -> float:
     if reference is None:
         return float("nan")
     a = reference[0]
-    return float(np.median(np.abs(learned_slopes - a)) / max(float(np.median(np.abs(a))), 1e-300))
+    return relative_slope_error(learned_slopes, a)
 
 
 def assess_residual(x: np.ndarray, dcdt: np.ndarray, residual: np.ndarray,
@@ -163,7 +169,7 @@ def assess_residual(x: np.ndarray, dcdt: np.ndarray, residual: np.ndarray,
     signal = np.abs(a) * mad_sigma(x)
     law = own_concentration_slopes(x, residual)
     return Phase1Quality(
-        law_error=float(np.median(np.abs(law - a)) / max(float(np.median(np.abs(a))), 1e-300)),
+        law_error=relative_slope_error(law, a),
         noise_to_signal=float(np.median(noise / np.maximum(signal, 1e-300))),
         residual_noise=float(np.median(noise)), n_conserved=n_conserved,
         reference_disagreement=disagreement)
