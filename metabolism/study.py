@@ -239,7 +239,7 @@ def _run_in_pools(args: list[tuple], workers: int, done: Callable[[dict[str, Any
                     else:
                         lost.append(i)
                 running.clear()
-                victims = _died_by_themselves(known)  # before the siblings are stopped
+                victims = _await_victims(known)  # before the siblings are stopped
                 _stop_workers(pool)
                 dead = on_worker_death(victims)
                 named = {i for i in lost if cell_label(args[i][0]) in dead}
@@ -321,6 +321,22 @@ def _died_by_themselves(workers: dict[int, Any]) -> set[int]:
     return {pid for pid, p in workers.items()
             if p.exitcode != -signal.SIGTERM
             and (p.exitcode is not None or process_is_dead(pid))}
+
+
+def _await_victims(workers: dict[int, Any], timeout: float | None = None) -> set[int]:
+    """_died_by_themselves, waiting up to `timeout` seconds for at least one. The pool breaks
+    when a dead worker's pipe closes, and the kernel closes it before the process becomes a
+    zombie: for that moment the killed worker still reads as alive, no cell would be named,
+    and both cells in flight would be rerun instead of the dead one failing."""
+    deadline = time.monotonic() + (VICTIM_WAIT_SECONDS if timeout is None else timeout)
+    while True:
+        victims = _died_by_themselves(workers)
+        if victims or time.monotonic() >= deadline:
+            return victims
+        time.sleep(0.05)
+
+
+VICTIM_WAIT_SECONDS = 5.0
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:

@@ -236,6 +236,33 @@ def test_killed_study_worker_fails_its_cell_and_the_study_goes_on(tmp_path, tiny
     assert "worker process died" in md and "Incomplete: 1 of 2 runs missing" in md
 
 
+class _JustKilledWorker:
+    """A pool worker as the driver sees it the moment the pool breaks: its pipe has closed,
+    but it has no exit status yet and its pid is still a live process (ours)."""
+
+    def __init__(self, exit_code: int, after: float):
+        self.pid, self._code, self._at = os.getpid(), exit_code, time.monotonic() + after
+
+    @property
+    def exitcode(self):
+        return self._code if time.monotonic() >= self._at else None
+
+
+def test_a_worker_killed_a_moment_before_it_reads_dead_is_still_named():
+    """The race behind a study whose killed cell was rerun instead of failed: the driver asked
+    for the dead worker while it still read as alive, named none, and reran both cells."""
+    from metabolism.study import _await_victims, _died_by_themselves
+
+    killed = _JustKilledWorker(-signal.SIGKILL, after=0.5)
+    assert _died_by_themselves({killed.pid: killed}) == set()  # the moment itself
+    assert _await_victims({killed.pid: killed}, timeout=10) == {killed.pid}
+    # a worker the pool stopped (SIGTERM) is no victim: the wait ends at its timeout
+    stopped = _JustKilledWorker(-signal.SIGTERM, after=0.0)
+    start = time.monotonic()
+    assert _await_victims({stopped.pid: stopped}, timeout=0.3) == set()
+    assert time.monotonic() - start < 5
+
+
 def test_kill_9_of_a_study_driver_stops_its_workers_and_ends_their_runs_killed(tmp_path,
                                                                              tiny_phase1):
     """Without the driver nobody records the cells' rows: the workers must not run on."""
