@@ -282,6 +282,12 @@ def curve_neighbours(curves: torch.Tensor | None, cfg: StrategiesConfig,
     D_ij = |R_i - R_j|^2 of the learned curves R (each minus its own mean with center_curves),
     plus residual_law_distances when given: two metabolites are neighbours only where both the
     learned curves and the data agree. curves None: the data's distances alone.
+
+    Where the data give i's law exactly (the conserved-law lines: distance 0 to the other
+    metabolites of its law) i's neighbours are those metabolites alone. The softmax would
+    also weigh a near law, and the distances are scaled by their median over all pairs: the
+    more types, the nearer two of them sit on that scale (five types: 28% of types 0 and 1's
+    attraction went to each other, and they merged).
     """
     distances = []
     if curves is not None:
@@ -292,6 +298,9 @@ def curve_neighbours(curves: torch.Tensor | None, cfg: StrategiesConfig,
         distances.append(data_distances)
     eye = torch.eye(distances[0].shape[0], dtype=torch.bool, device=distances[0].device)
     logits = -_summed_over_medians(distances) / cfg.contrastive.temperature
+    if data_distances is not None:
+        same_law = (data_distances == 0) & ~eye
+        logits = logits.masked_fill(same_law.any(1, keepdim=True) & ~same_law, -1e9)
     return torch.softmax(logits.masked_fill(eye, -1e9), 1)
 
 
@@ -455,11 +464,11 @@ def reassign_embeddings(model, errors: torch.Tensor, k: int,
     not the single best j, so that an isolated embedding whose curve happens to fit several
     metabolites cannot gather them into a group of its own. Returns the new embeddings.
 
-    Where the data's laws of more than k metabolites are identical to i's (law distance 0:
-    the conserved-law lines of one group) the median is over all of them: the k best by
-    the learned curves would be the fragment of the group that i's embedding sits in (on
-    unequal_groups fragments of 11-27 of 70 metabolites held), and the data say the whole
-    group has one law.
+    Where the data's laws of other metabolites are identical to i's (law distance 0: the
+    conserved-law lines of one group) the median is over all of them and no others: the k
+    best by the learned curves would be the fragment of the group that i's embedding sits in
+    (on unequal_groups fragments of 11-27 of 70 metabolites held), a group smaller than k
+    would be filled up with other laws, and the data say exactly which metabolites share i's.
     """
     eye = torch.eye(errors.shape[0], dtype=torch.bool, device=errors.device)
     k = max(1, min(k, errors.shape[0] - 1))
@@ -469,7 +478,7 @@ def reassign_embeddings(model, errors: torch.Tensor, k: int,
         new = emb[best].median(1).values
         if data_distances is not None:
             same_law = (data_distances.to(errors.device) == 0) & ~eye
-            for i in torch.nonzero(same_law.sum(1) > k).flatten().tolist():
+            for i in torch.nonzero(same_law.any(1)).flatten().tolist():
                 new[i] = emb[same_law[i]].median(0).values
         model.embeddings.copy_(new)
     return new

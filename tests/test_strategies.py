@@ -461,8 +461,9 @@ def test_reassignment_joins_every_metabolite_of_an_identical_law():
     """With the conserved-law lines a law's metabolites have law distance 0 to each other,
     so the summed scores rank them by the learned curves alone and a fragment of more than
     k/2 holds (unequal_groups: fragments of 11-27 of 70). Given the distances, a metabolite
-    with more than k others of its exact law takes the median over all of them: the fragment
-    joins its law, and a law with k or fewer such metabolites keeps its k best."""
+    with others of its exact law takes the median over all of them and no others: the
+    fragment joins its law, and a law of fewer than k metabolites is not filled up with
+    another law's (five types of 20 with k = 30)."""
     holder, errors, distances, fragment, law2 = _fragment_case()
     start = holder.embeddings.detach().clone()
     exact = torch.where(distances < 1.0, 0.0, distances)  # identical laws, the fragment too
@@ -472,7 +473,15 @@ def test_reassignment_joins_every_metabolite_of_an_identical_law():
     holder.embeddings.data.copy_(start)
     joined = strat.reassign_embeddings(holder, scores, k=10, data_distances=exact)
     torch.testing.assert_close(joined[fragment], torch.zeros(12, 2))
-    torch.testing.assert_close(joined[law2], start[law2])  # 7 others of its law: k best
+    torch.testing.assert_close(joined[law2], start[law2])
+    holder.embeddings.data.copy_(start)
+    # k = 20: law2's 20 best are its 7 others and 13 of the first law, whose median is there
+    swallowed = strat.reassign_embeddings(holder, scores, k=20)
+    assert not torch.allclose(swallowed[law2], start[law2])
+    holder.embeddings.data.copy_(start)
+    kept = strat.reassign_embeddings(holder, scores, k=20, data_distances=exact)
+    torch.testing.assert_close(kept[law2], start[law2])
+    torch.testing.assert_close(kept[fragment], torch.zeros(12, 2))
     holder.embeddings.data.copy_(start)
     noisy = strat.reassign_embeddings(holder, scores, k=10, data_distances=distances)
     torch.testing.assert_close(noisy, start)  # no distance is 0: the k best, as before
@@ -697,6 +706,29 @@ def test_data_neighbours_group_like_laws_whatever_mlp_node_learned(model):
     both = _strategies(contrastive={"enabled": True, "neighbours_from": "both"})
     assert float((strat.curve_neighbours(alike, both, distances) * same).sum(1).min()) > 0.9
     assert float((strat.curve_neighbours(alike, both) * same).sum(1).mean()) < 0.7
+
+
+def test_exact_laws_are_the_only_neighbours_however_near_another_law_is():
+    """Where the data give laws exactly (distance 0 within a law) the attraction stays within
+    each law, even for two laws much nearer each other than the median pair of laws (five
+    types: types 0 and 1 gave 28% of their attraction to each other and merged). Without
+    exact zeros the softmax is as before and weighs the near law."""
+    law = torch.arange(30) % 5
+    centre = torch.tensor([0.0, 0.3, 2.0, 4.0, 6.0])[law]  # laws 0 and 1 near, the rest far
+    exact = (centre[:, None] - centre[None]) ** 2
+    cfg = _strategies(contrastive={"enabled": True, "neighbours_from": "data"})
+    p = strat.curve_neighbours(None, cfg, exact)
+    same = law[:, None] == law[None]
+    torch.testing.assert_close((p * same).sum(1), torch.ones(30))
+    assert torch.all(p.diagonal() == 0)
+    noisy = exact + 1e-4 * (1 + torch.rand(30, 30, generator=torch.Generator().manual_seed(2)))
+    noisy = torch.minimum(noisy, noisy.T)
+    q = strat.curve_neighbours(None, cfg, noisy)
+    assert float((q * ~same)[law < 2].sum(1).min()) > 0.2  # the near law takes a share
+    curves = torch.randn(30, 8, generator=torch.Generator().manual_seed(3))
+    both = _strategies(contrastive={"enabled": True, "neighbours_from": "both"})
+    torch.testing.assert_close((strat.curve_neighbours(curves, both, exact) * same).sum(1),
+                               torch.ones(30))
 
 
 def _two_laws(noise: float, seed: int = 7, n: int = 8, frames: int = 1600):
