@@ -86,8 +86,9 @@ class Phase2Setup:
                                                  data.observe_every, st,
                                                  self.cfg.homeostasis_time_step)
             x, y, self.result.residual_targets = targets.x, targets.y, targets.description
+            groups = None
             if st.residual_supervision.target == "conserved_law":
-                y, applied = strat.conserved_law_targets(
+                y, applied, groups = strat.conserved_law_targets(
                     data, x, y, st.residual_supervision.conserved_law_offsets)
                 self.result.residual_targets += (
                     f", replaced by conserved-law lines (offsets: "
@@ -98,6 +99,10 @@ class Phase2Setup:
             self._law_distances = strat.residual_law_distances(x, y)
             self.result.residual_law_reliability = strat.split_half_reliability(
                 x, y, self._law_distances, 2 * targets.span)
+            if groups is not None:  # one law per group by construction: 0 apart exactly,
+                # where the distances of its lines, refitted, can exceed the rounding floor
+                same = groups[:, None] == groups[None, :]
+                self._law_distances = self._law_distances.masked_fill(same, 0.0)
         return self._residual
 
     def law_distances(self) -> torch.Tensor:

@@ -135,11 +135,11 @@ def test_conserved_law_targets_are_the_true_lines_when_phase1_is_off(quick_data)
     law = -truth.lam * (x - truth.baseline)
     noise = np.random.default_rng(1).standard_t(3, x.shape) * 1e-3
     xt = torch.as_tensor(x)
-    targets, applied = conserved_law_targets(data, xt, torch.as_tensor(0.7 * law + noise))
+    targets, applied, _ = conserved_law_targets(data, xt, torch.as_tensor(0.7 * law + noise))
     assert applied
     slopes = (targets[1] - targets[0]).numpy() / (x[1] - x[0])
     np.testing.assert_allclose(slopes, -truth.lam, rtol=1e-6)
-    exact, _ = conserved_law_targets(data, xt, torch.as_tensor(law))
+    exact = conserved_law_targets(data, xt, torch.as_tensor(law)).targets
     np.testing.assert_allclose(exact.numpy(), law, atol=1e-9)
 
 
@@ -166,8 +166,8 @@ def test_conserved_law_targets_keep_the_residual_on_noisy_observations(tmp_path,
     a = conserved_law_slopes(x, y, data.stoich.S)
     assert a is not None and np.median(np.abs(a / truth.lam)) > 10  # what the lines would be
     residual = torch.as_tensor(np.random.default_rng(2).normal(0, 1e-3, x.shape))
-    kept, applied = conserved_law_targets(data, torch.as_tensor(x), residual)
-    assert not applied and torch.equal(kept, residual)
+    kept, applied, groups = conserved_law_targets(data, torch.as_tensor(x), residual)
+    assert not applied and torch.equal(kept, residual) and groups is None
     nothing_conserved = dataclasses.replace(
         data, stoich=dataclasses.replace(data.stoich, S=np.eye(x.shape[1])))
     assert not conserved_law_targets(nothing_conserved, torch.as_tensor(x), residual)[1]
@@ -254,11 +254,29 @@ def test_conserved_law_offsets_are_shared_by_metabolites_of_one_slope(quick_data
         shifted[members[: len(members) // 3]] = 1.5 * lam * truth.baseline[members[0]]
     assert (shifted != 0).any()
     residual = torch.as_tensor(law + shifted)
-    pooled, applied = conserved_law_targets(data, torch.as_tensor(x), residual, "slope_group")
+    pooled, applied, groups = conserved_law_targets(data, torch.as_tensor(x), residual,
+                                                    "slope_group")
     assert applied
     np.testing.assert_allclose(pooled.numpy(), law, atol=1e-9)
-    own, _ = conserved_law_targets(data, torch.as_tensor(x), residual, "metabolite")
+    # one group per law: the groups are the types, whatever their numbering
+    same_group = groups.numpy()[:, None] == groups.numpy()[None, :]
+    np.testing.assert_array_equal(same_group, truth.lam[:, None] == truth.lam[None, :])
+    own, _, no_groups = conserved_law_targets(data, torch.as_tensor(x), residual, "metabolite")
     np.testing.assert_allclose(own.numpy(), law + shifted, atol=1e-9)
+    assert no_groups is None  # a law per metabolite: none shared by construction
+
+
+def test_slope_groups_partition_the_sorted_slopes_at_gaps_above_the_tolerance():
+    """A group is a run of sorted slopes whose neighbours are within the tolerance, so that
+    every member of a law gets the same median line (windows around each slope need not
+    agree on who is in)."""
+    from metabolism.strategies import slope_groups
+
+    a = np.array([1.0, 3.0, 1.0 + 4e-9, 2.0, 3.0 - 1e-9, 1.0 + 8e-9])
+    ids = slope_groups(a, 5e-9)
+    assert len(np.unique(ids)) == 3  # 1, 1+4e-9, 1+8e-9 chain into one group
+    assert ids[0] == ids[2] == ids[5] and ids[1] == ids[4] and len({ids[0], ids[1], ids[3]}) == 3
+    assert len(np.unique(slope_groups(a, 3e-9))) == 5  # the chain breaks at gaps of 4e-9
 
 
 def test_learned_law_error_reads_the_result_against_the_conserved_totals(quick_data, tmp_path):

@@ -831,3 +831,35 @@ def test_phase2_starts_from_the_data_embeddings(tiny_phase1, monkeypatch):
     torch.testing.assert_close(first_update["emb"], seen["out"].float())
     assert float(first_update["emb"].std(0).min()) == pytest.approx(0.3, rel=1e-4)
     assert not torch.allclose(first_update["emb"], random_init)
+
+
+def test_metabolites_of_one_conserved_law_are_exactly_zero_apart(tiny_phase1, monkeypatch):
+    """With the conserved-law lines, metabolites of one slope group share one line by
+    construction; the law distances the attraction and the reassignment read are 0 between
+    them exactly, and above 0 between groups. Refitting each line's bin medians can leave
+    rounding above the floor (four_types: 2400 of 2400 same-type pairs above 0 in float64),
+    and the exact-law rule then split the types: here every refit distance is made so."""
+    from metabolism.phase1_quality import trusted_reference
+    from metabolism.phase2 import Phase2Result, Phase2Setup
+
+    refit = strat.residual_law_distances
+    monkeypatch.setattr(strat, "residual_law_distances",
+                        lambda x, y: refit(x, y) + 1e-30 * (1 - torch.eye(x.shape[1])))
+
+    cfg0, data_root, ckpt, _ = tiny_phase1
+    data = load_training_data(dataset_dir(cfg0, data_root))
+    d = tiny_dict()
+    d["training"]["strategies"] = {"residual_supervision": {"enabled": True,
+                                                            "target": "conserved_law"}}
+    cfg = config_from_dict(d)
+    setup = Phase2Setup(load_phase1_model(ckpt, data, cfg), data,
+                        torch.as_tensor(data.concentrations).float(), cfg.training,
+                        Phase2Result())
+    distances = setup.law_distances()
+    assert "replaced by conserved-law lines" in setup.result.residual_targets
+    a, disagreement = trusted_reference(data)
+    groups = strat.slope_groups(a, strat.SLOPE_MATCH * disagreement * np.median(np.abs(a)))
+    same = torch.as_tensor(groups[:, None] == groups[None, :])
+    assert 1 < len(np.unique(groups)) < len(groups)  # groups of several metabolites
+    assert torch.all(distances[same] == 0)
+    assert torch.all(distances[~same] > 0)
