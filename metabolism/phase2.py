@@ -100,7 +100,7 @@ class Phase2Setup:
             self.result.residual_law_reliability = strat.split_half_reliability(
                 x, y, self._law_distances, 2 * targets.span)
             if groups is not None:  # one law per group by construction: 0 apart exactly,
-                # where the distances of its lines, refitted, can exceed the rounding floor
+                # where its lines, refitted per metabolite, differ by rounding
                 same = groups[:, None] == groups[None, :]
                 self._law_distances = self._law_distances.masked_fill(same, 0.0)
         return self._residual

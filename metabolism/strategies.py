@@ -351,11 +351,10 @@ def residual_law_distances(x: torch.Tensor, residual: torch.Tensor,
     slope = (xc * (yb - y_mean)).sum(0) / (xc ** 2).sum(0).clamp_min(1e-30)
     line_j_at_i = y_mean + slope * (xb[:, :, None] - x_mean)  # (n_bins, i, j)
     miss = ((yb[:, :, None] - line_j_at_i) ** 2).mean(0)
-    # one law fitted twice misses by rounding alone, and rounding depends on where a metabolite
-    # sits in memory: below the arithmetic's resolution two laws are the same (distance 0)
-    resolution = 64 * torch.finfo(miss.dtype).eps * float(yb.abs().max())
-    distance = torch.minimum(miss, miss.T)
-    return distance.masked_fill(distance < resolution ** 2, 0.0)
+    # no floor: one law fitted twice misses by rounding alone, but where the data give one law
+    # to several metabolites (the conserved-law groups) Phase2Setup sets their distances to 0,
+    # and a 0 read from a noisy residual would make the exact-law rule trust it
+    return torch.minimum(miss, miss.T)
 
 
 def split_half_reliability(x: torch.Tensor, residual: torch.Tensor, distances: torch.Tensor,

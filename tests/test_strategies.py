@@ -836,9 +836,10 @@ def test_phase2_starts_from_the_data_embeddings(tiny_phase1, monkeypatch):
 def test_metabolites_of_one_conserved_law_are_exactly_zero_apart(tiny_phase1, monkeypatch):
     """With the conserved-law lines, metabolites of one slope group share one line by
     construction; the law distances the attraction and the reassignment read are 0 between
-    them exactly, and above 0 between groups. Refitting each line's bin medians can leave
-    rounding above the floor (four_types: 2400 of 2400 same-type pairs above 0 in float64),
-    and the exact-law rule then split the types: here every refit distance is made so."""
+    them exactly, and above 0 between groups. Refitting each line's bin medians leaves
+    rounding (four_types: 2400 of 2400 same-type pairs above 0 in float64, even with a floor
+    at 64 eps), and the exact-law rule then split the types: here every refit distance is
+    made so."""
     from metabolism.phase1_quality import trusted_reference
     from metabolism.phase2 import Phase2Result, Phase2Setup
 
